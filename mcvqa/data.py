@@ -48,6 +48,13 @@ def _plural(n, one, many=None):
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
+def _raise(problems, header):
+    """One UserError: the problem itself when there is one, else `header` and a bulleted list."""
+    if len(problems) == 1:
+        raise UserError(problems[0])
+    collect(problems, header)
+
+
 def _decode(path, raw):
     """bytes -> str: UTF-8 (BOM optional), else cp949 with a warning, else UserError."""
     try:
@@ -165,11 +172,11 @@ def _image_problem(path):
     return None
 
 
-_IMAGE_REASONS = {
-    "missing": "image files do not exist",
-    "directory": "image paths are directories, not files",
-    "empty": "image files are empty (0 bytes)",
-    "invalid": "image files are not readable images",
+_IMAGE_REASONS = {  # (one, many)
+    "missing": ("image file does not exist", "image files do not exist"),
+    "directory": ("image path is a directory, not a file", "image paths are directories, not files"),
+    "empty": ("image file is empty (0 bytes)", "image files are empty (0 bytes)"),
+    "invalid": ("image file is not a readable image", "image files are not readable images"),
 }
 
 
@@ -186,7 +193,7 @@ def _check_images(csv_path, col, df):
             shown = f"line {ln} ({raw!r})" if raw == p else f"line {ln} ({raw!r} -> {p})"
             bad.setdefault(reason, []).append(shown)
     return [
-        f"{csv_path}: column {col!r}: {len(items)} {_IMAGE_REASONS[reason]}: {_listing(items)}"
+        f"{csv_path}: column {col!r}: {len(items)} {_IMAGE_REASONS[reason][len(items) > 1]}: {_listing(items)}"
         for reason, items in bad.items()
     ]
 
@@ -220,14 +227,14 @@ def load_split(data_dir, split, check_images=True):
     csv_path = data_dir / f"{split}.csv"
     df, problems = _read_csv(csv_path)
     if df is None:
-        collect(problems, f"{csv_path}: cannot use this file:" if len(problems) > 1 else None)
+        _raise(problems, f"{csv_path}: cannot use this file:")
 
     # --- columns
     required = ["id", "question", *OPTION_COLUMNS] + (["answer"] if split == "train" else [])
     missing = [c for c in required if c not in df.columns]
     if missing:
         problems.append(
-            f"{csv_path}: missing {_plural(len(missing), 'column')}: {', '.join(map(repr, missing))} "
+            f"{csv_path}: missing {'column' if len(missing) == 1 else 'columns'} {', '.join(map(repr, missing))} "
             f"(found: {', '.join(repr(c) for c in df.columns if c != '_line')})"
         )
     image_cols = [c for c in IMAGE_COLUMNS if c in df.columns]
@@ -258,7 +265,7 @@ def load_split(data_dir, split, check_images=True):
             mask = df[col] == ""
             if mask.any():
                 problems.append(
-                    f"{csv_path}: column {col!r}: {_plural(int(mask.sum()), 'row')} empty or whitespace-only: "
+                    f"{csv_path}: column {col!r}: {_plural(int(mask.sum()), 'row is', 'rows are')} empty or whitespace-only: "
                     f"{_listing(_rows_where(df, mask))}"
                 )
     if split == "train" and "answer" in df.columns:
@@ -284,7 +291,7 @@ def load_split(data_dir, split, check_images=True):
         if check_images:
             problems += _check_images(csv_path, image_col, df)
 
-    collect(problems, f"{csv_path}: {_plural(len(problems), 'problem')} found:" if len(problems) > 1 else None)
+    _raise(problems, f"{csv_path}: {_plural(len(problems), 'problem')} found:")
 
     # --- normalise
     if image_col == "path":
@@ -313,7 +320,7 @@ def load_submission_template(data_dir):
     csv_path = data_dir / "sample_submission.csv"
     df, problems = _read_csv(csv_path)
     if df is None:
-        collect(problems, f"{csv_path}: cannot use this file:" if len(problems) > 1 else None)
+        _raise(problems, f"{csv_path}: cannot use this file:")
     cols = [c for c in df.columns if c != "_line"]
     answer_col = None
     if "id" not in cols:
@@ -336,7 +343,7 @@ def load_submission_template(data_dir):
             groups = df.loc[dup].groupby("id", sort=False)["_line"].apply(list)
             items = [f"{i!r} (lines {', '.join(map(str, lns))})" for i, lns in groups.items()]
             problems.append(f"{csv_path}: column 'id': {_plural(len(items), 'duplicate id')}: {_listing(items)}")
-    collect(problems, f"{csv_path}: {_plural(len(problems), 'problem')} found:" if len(problems) > 1 else None)
+    _raise(problems, f"{csv_path}: {_plural(len(problems), 'problem')} found:")
     df = df.drop(columns=["_line"]).reset_index(drop=True)
     df.attrs["answer_column"] = answer_col
     return df
@@ -403,7 +410,7 @@ def _reuse_folds(train_df, n_folds, seed, out):
         if bad.any():
             problems.append(f"{csv_path}: column 'fold': values outside 1..{saved_n}: {_listing(_rows_where(saved, bad, 'fold'))}")
     if problems:
-        collect(problems + [f"never re-split silently: {fix}"], "cannot reuse the saved folds:")
+        collect(problems + [f"folds are never re-split silently: {fix}"], "cannot reuse the saved folds:")
     folds = dict(zip(saved["id"], saved["fold"].astype(int)))
     return pd.Series([folds[i] for i in train_df["id"].astype(str)], index=train_df.index, name="fold", dtype=int)
 
