@@ -1,0 +1,703 @@
+"""Ensembling logic behind ensemble.py: read and align probability files, calibrate, blend, vote, validate.
+
+Every function here is pure (numpy / pandas in, numpy / pandas out) except the few that read files
+(`read_probs`, `read_oof`, `discover_models`, `load_models`) and `run_ensemble`, which ties the steps
+together for the script. Labels are ints 0-3 for the letters a-d (`mcvqa.LETTERS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize, minimize_scalar
+from scipy.special import log_softmax, softmax
+
+from mcvqa import LETTERS
+from mcvqa.errors import UserError, collect
+
+EPS = 1e-12
+SUM_TOL = 1e-3  # rows of probabilities must sum to 1 within this
+RANGE_TOL = 1e-6  # probabilities may stray outside [0, 1] by this much (float noise)
+SHOW_IDS = 5  # how many offending ids an error message names
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+METHODS = ("auto", "mean", "weights", "vote")
+SPACES = ("prob", "logprob")
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: HfArgumentParser + `--config file.yaml`
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(dataclass_types, argv=None):
+    """Parse `argv` into one instance per dataclass, with `--config file.yaml` supplying defaults.
+
+    The YAML file is a mapping of field names to values; they replace the dataclass defaults and
+    anything given on the command line overrides them. Unknown YAML keys, an unreadable file or
+    unknown flags raise `UserError`. Returns a tuple of dataclass instances (in the given order).
+    """
+    import sys
+
+    from transformers import HfArgumentParser
+
+    if dataclasses.is_dataclass(dataclass_types):
+        dataclass_types = [dataclass_types]
+    dataclass_types = list(dataclass_types)
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    config_path, rest = None, []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise UserError("--config needs a YAML file path")
+            config_path = argv[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+
+    parser = HfArgumentParser(dataclass_types)
+    if config_path is not None:
+        config = _read_config(config_path)
+        known = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)}
+        unknown = sorted(set(config) - known)
+        collect(
+            [f"unknown key {k!r}" for k in unknown],
+            f"{config_path}: keys must be flag names ({', '.join(sorted(known))})",
+        )
+        for action in parser._actions:
+            if action.dest in config:
+                action.required = False
+        parser.set_defaults(**config)
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False))
+    except ValueError as err:  # unknown flags, or a dataclass __post_init__ complaining
+        raise UserError(str(err)) from None
+
+
+def _read_config(path):
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"could not read config file {path}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must be a mapping of flag names to values")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading and aligning probability files
+# --------------------------------------------------------------------------------------------------
+
+
+def _few(ids, n=SHOW_IDS):
+    ids = list(ids)
+    shown = ", ".join(repr(str(i)) for i in ids[:n])
+    return shown + (f" (and {len(ids) - n} more)" if len(ids) > n else "")
+
+
+def read_probs(path, extra_columns=()):
+    """Read a probability CSV (`id,a,b,c,d[,...]`) and validate it.
+
+    Checks: the file exists and parses, has the columns id and a-d (plus `extra_columns`), ids are
+    non-empty and unique, every probability is a number in [0, 1] and every row sums to ~1.
+    Returns a DataFrame (id as str, a-d as float) with `attrs["path"]` set to the file path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        raise UserError(f"{path}: could not read as CSV: {err}") from None
+    needed = ["id", *LETTERS, *extra_columns]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(map(str, df.columns))})")
+
+    problems = []
+    df["id"] = df["id"].str.strip()
+    if (df["id"] == "").any():
+        problems.append(f"{int((df['id'] == '').sum())} row(s) with an empty id")
+    dup = df["id"][df["id"].duplicated()].unique()
+    if len(dup):
+        problems.append(f"{len(dup)} duplicated id(s): {_few(dup)}")
+    for letter in LETTERS:
+        df[letter] = pd.to_numeric(df[letter], errors="coerce")
+    values = df[list(LETTERS)].to_numpy(dtype=float)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        problems.append(f"{int(bad.sum())} row(s) with a missing or non-numeric probability, e.g. ids {_few(df['id'][bad])}")
+    ok = ~bad
+    out_of_range = ok & ((values < -RANGE_TOL) | (values > 1 + RANGE_TOL)).any(axis=1)
+    if out_of_range.any():
+        problems.append(f"{int(out_of_range.sum())} row(s) with probabilities outside [0, 1], e.g. ids {_few(df['id'][out_of_range])}")
+    sums = np.where(ok, np.nan_to_num(values).sum(axis=1), 1.0)
+    off = ok & (np.abs(sums - 1.0) > SUM_TOL)
+    if off.any():
+        problems.append(
+            f"{int(off.sum())} row(s) whose a-d probabilities do not sum to 1 "
+            f"(e.g. ids {_few(df['id'][off])}; sums {', '.join(f'{s:.4f}' for s in sums[off][:3])})"
+        )
+    collect(problems, f"{path}: invalid probabilities")
+    df[list(LETTERS)] = np.clip(values, 0.0, 1.0)
+    df.attrs["path"] = str(path)
+    return df
+
+
+def read_oof(path):
+    """Read an OOF file (`id,a,b,c,d,answer,pred[,question_type]`): `read_probs` plus letter answers."""
+    df = read_probs(path, extra_columns=("answer",))
+    answers = df["answer"].str.strip().str.lower()
+    bad = ~answers.isin(LETTERS)
+    if bad.any():
+        raise UserError(
+            f"{path}: {int(bad.sum())} row(s) whose answer is not one of {', '.join(LETTERS)}, "
+            f"e.g. ids {_few(df['id'][bad])}"
+        )
+    df["answer"] = answers
+    return df
+
+
+def _name(frame, index):
+    return frame.attrs.get("path", f"file #{index + 1}")
+
+
+def align(frames, ids):
+    """Reorder each probability frame to `ids`, returning a list of (len(ids), 4) float arrays.
+
+    `frames` is a list of DataFrames (named in errors by `attrs["path"]`) or a dict name -> DataFrame.
+    Any id of `ids` missing from a file, any id in a file but not in `ids`, or any id appearing twice
+    raises one UserError naming each offending file and a few of its ids, never a silent NaN.
+    """
+    ids = pd.Index([str(i) for i in ids])
+    if ids.has_duplicates:
+        raise UserError(f"the reference ids contain duplicates: {_few(ids[ids.duplicated()].unique())}")
+    items = list(frames.items()) if isinstance(frames, dict) else [(_name(f, i), f) for i, f in enumerate(frames)]
+    problems, out = [], []
+    for name, df in items:
+        file_ids = pd.Index(df["id"].astype(str))
+        file_problems = []
+        dup = file_ids[file_ids.duplicated()].unique()
+        if len(dup):
+            file_problems.append(f"{len(dup)} duplicated id(s): {_few(dup)}")
+        missing = ids.difference(file_ids, sort=False)
+        if len(missing):
+            file_problems.append(f"{len(missing)} id(s) of sample_submission.csv missing: {_few(missing)}")
+        extra = file_ids.unique().difference(ids, sort=False)
+        if len(extra):
+            file_problems.append(f"{len(extra)} id(s) not in sample_submission.csv: {_few(extra)}")
+        if file_problems:
+            problems.append(f"{name}: " + "; ".join(file_problems))
+            continue
+        pos = file_ids.get_indexer(ids)
+        out.append(df[list(LETTERS)].to_numpy(dtype=float)[pos])
+    collect(problems, "probability files do not match the ids of sample_submission.csv:")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics, calibration, blending
+# --------------------------------------------------------------------------------------------------
+
+
+def labels_from_letters(letters):
+    """Map letters a-d to ints 0-3 (raises UserError on anything else)."""
+    lookup = {letter: i for i, letter in enumerate(LETTERS)}
+    try:
+        return np.array([lookup[str(x).strip().lower()] for x in letters], dtype=int)
+    except KeyError as err:
+        raise UserError(f"answer {err.args[0]!r} is not one of {', '.join(LETTERS)}") from None
+
+
+def log_loss(probs, labels):
+    """Mean negative log-likelihood of the true labels (probabilities clipped at 1e-12)."""
+    probs = np.asarray(probs, dtype=float)
+    labels = np.asarray(labels, dtype=int)
+    if len(labels) == 0:
+        return float("nan")
+    p = probs[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(p, EPS, 1.0))))
+
+
+def accuracy(probs, labels):
+    """Fraction of rows whose argmax is the true label."""
+    labels = np.asarray(labels, dtype=int)
+    if len(labels) == 0:
+        return float("nan")
+    return float(np.mean(np.argmax(np.asarray(probs), axis=1) == labels))
+
+
+def apply_temperature(probs, temperature):
+    """softmax(log p / T): T > 1 softens over-confident probabilities, T < 1 sharpens them."""
+    logp = np.log(np.clip(np.asarray(probs, dtype=float), EPS, 1.0))
+    return softmax(logp / float(temperature), axis=1)
+
+
+def fit_temperature(probs, labels, bounds=TEMPERATURE_BOUNDS):
+    """The temperature T minimising the NLL of softmax(log p / T) on (probs, labels)."""
+    logp = np.log(np.clip(np.asarray(probs, dtype=float), EPS, 1.0))
+    labels = np.asarray(labels, dtype=int)
+    if len(labels) == 0:
+        return 1.0
+    rows = np.arange(len(labels))
+
+    def nll(log_t):
+        return -np.mean(log_softmax(logp / math.exp(log_t), axis=1)[rows, labels])
+
+    res = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
+                          options={"xatol": 1e-6})
+    temperature = float(math.exp(res.x))
+    return temperature if nll(res.x) <= nll(0.0) else 1.0
+
+
+def blend(list_of_probs, weights=None, space="prob"):
+    """Weighted blend of probability arrays: arithmetic mean (`prob`) or normalised geometric mean (`logprob`)."""
+    if space not in SPACES:
+        raise UserError(f"unknown blending space {space!r} (choose from {', '.join(SPACES)})")
+    stack = np.stack([np.asarray(p, dtype=float) for p in list_of_probs])
+    w = np.full(len(stack), 1.0 / len(stack)) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (len(stack),):
+        raise ValueError(f"{len(stack)} probability arrays but {w.size} weights")
+    w = w / w.sum()
+    if space == "prob":
+        out = np.tensordot(w, stack, axes=1)
+        return out / out.sum(axis=1, keepdims=True)
+    logp = np.tensordot(w, np.log(np.clip(stack, EPS, 1.0)), axes=1)
+    return softmax(logp, axis=1)
+
+
+def fit_weights(list_of_oof_probs, labels, space="prob"):
+    """Non-negative weights summing to 1 that minimise the log-loss of `blend(...)` on OOF rows.
+
+    Pass only out-of-fold probabilities (all aligned to the same rows as `labels`): test
+    probabilities must never influence the weights.
+    """
+    k = len(list_of_oof_probs)
+    if k == 0:
+        raise ValueError("no probability arrays to weight")
+    if k == 1:
+        return np.ones(1)
+    labels = np.asarray(labels, dtype=int)
+    stack = np.stack([np.asarray(p, dtype=float) for p in list_of_oof_probs])
+    if space not in SPACES:
+        raise UserError(f"unknown blending space {space!r} (choose from {', '.join(SPACES)})")
+    rows = np.arange(len(labels))
+    if space == "prob":
+        true_p = stack[:, rows, labels]  # (k, n): only the true-class probability matters
+
+        def loss(w):
+            return -np.mean(np.log(np.clip(w @ true_p, EPS, None)))
+
+        def grad(w):
+            return -(true_p / np.clip(w @ true_p, EPS, None)).mean(axis=1)
+    else:
+        logs = np.log(np.clip(stack, EPS, 1.0))
+
+        def loss(w):
+            return -np.mean(log_softmax(np.tensordot(w, logs, axes=1), axis=1)[rows, labels])
+
+        grad = None
+
+    w0 = np.full(k, 1.0 / k)
+    res = minimize(loss, w0, jac=grad, method="SLSQP", bounds=[(0.0, 1.0)] * k,
+                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
+                   options={"ftol": 1e-10, "maxiter": 500})
+    w = np.clip(res.x, 0.0, None)
+    if not np.isfinite(w).all() or w.sum() <= 0:
+        return w0
+    w = w / w.sum()
+    return w if loss(w) <= loss(w0) + 1e-12 else w0
+
+
+def vote(list_of_probs, weights=None):
+    """Majority vote of each model's argmax; ties go to the tied letter with the highest mean probability.
+
+    Returns int labels 0-3. `weights` (optional) weight the votes and the tie-break mean.
+    """
+    stack = np.stack([np.asarray(p, dtype=float) for p in list_of_probs])
+    k, n, c = stack.shape
+    w = np.ones(k) if weights is None else np.asarray(weights, dtype=float)
+    votes = np.zeros((n, c))
+    for m in range(k):
+        votes[np.arange(n), stack[m].argmax(axis=1)] += w[m]
+    mean = np.tensordot(w / w.sum(), stack, axes=1)
+    top = np.isclose(votes, votes.max(axis=1, keepdims=True))
+    return np.where(top, mean, -np.inf).argmax(axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Submission
+# --------------------------------------------------------------------------------------------------
+
+
+def template_columns(template):
+    """(id column, answer column) of a sample_submission-like frame."""
+    cols = list(template.columns)
+    if len(cols) != 2:
+        raise UserError(f"sample_submission.csv must have 2 columns (id and answer), has {', '.join(map(str, cols))}")
+    id_col = "id" if "id" in cols else cols[0]
+    return id_col, [c for c in cols if c != id_col][0]
+
+
+def make_submission(template, pred_labels):
+    """A copy of `template` whose answer column holds the letters of `pred_labels` (same order as template)."""
+    _, answer_col = template_columns(template)
+    sub = template.copy()
+    sub[answer_col] = [LETTERS[int(i)] for i in pred_labels]
+    return sub
+
+
+def validate_submission(sub, template):
+    """Raise UserError unless `sub` has template's columns, every template id exactly once in order, letters only."""
+    problems = []
+    if list(sub.columns) != list(template.columns):
+        problems.append(f"columns are {list(sub.columns)}, sample_submission.csv has {list(template.columns)}")
+        collect(problems, "the submission is invalid:")
+    id_col, answer_col = template_columns(template)
+    sub_ids = sub[id_col].astype(str).tolist()
+    tpl_ids = template[id_col].astype(str).tolist()
+    if len(sub_ids) != len(tpl_ids):
+        problems.append(f"{len(sub_ids)} rows, sample_submission.csv has {len(tpl_ids)}")
+    dup = pd.Index(sub_ids)[pd.Index(sub_ids).duplicated()].unique()
+    if len(dup):
+        problems.append(f"duplicated id(s): {_few(dup)}")
+    missing = sorted(set(tpl_ids) - set(sub_ids))
+    if missing:
+        problems.append(f"id(s) of sample_submission.csv missing: {_few(missing)}")
+    extra = sorted(set(sub_ids) - set(tpl_ids))
+    if extra:
+        problems.append(f"id(s) not in sample_submission.csv: {_few(extra)}")
+    if not problems and sub_ids != tpl_ids:
+        problems.append("rows are not in the order of sample_submission.csv")
+    answers = sub[answer_col].astype(str)
+    bad = ~answers.isin(LETTERS)
+    if bad.any():
+        problems.append(f"{int(bad.sum())} answer(s) not one of {', '.join(LETTERS)}, e.g. {_few(answers[bad].unique())}")
+    collect(problems, "the submission is invalid:")
+    return sub
+
+
+# --------------------------------------------------------------------------------------------------
+# Run folders
+# --------------------------------------------------------------------------------------------------
+
+_FOLD_RE = re.compile(r"^fold(\d+|full)$")
+
+
+@dataclass
+class Model:
+    """One run folder: its folds' test_probs files and (where present) OOF files."""
+
+    name: str
+    test_files: list = field(default_factory=list)
+    oof_files: list = field(default_factory=list)
+    test_probs: np.ndarray | None = None  # mean over folds, aligned to the template ids
+    oof: pd.DataFrame | None = None  # concatenated OOF rows (id, a-d, answer[, question_type])
+
+    @property
+    def n_folds(self):
+        return len(self.test_files)
+
+
+def _fold_key(path):
+    m = _FOLD_RE.match(Path(path).parent.name)
+    tag = m.group(1) if m else ""
+    return (0, int(tag), "") if tag.isdigit() else (1, 0, str(path))
+
+
+def discover_models(output_dir, files=None):
+    """Group test_probs files into models (one per run folder).
+
+    Without `files`: every `OUTPUT_DIR/*/fold*/test_probs.csv` (and `OUTPUT_DIR/*/*/fold*/...`).
+    With `files`: those files; a file inside `<run>/fold*/` belongs to model `<run>`, any other file
+    is a model by itself. Returns a list of `Model` sorted by name.
+    """
+    output_dir = Path(output_dir)
+    if files:
+        missing = [str(f) for f in files if not Path(f).is_file()]
+        collect([f"{f} not found" for f in missing], "some --files do not exist (run predict.py first?):")
+        paths = [Path(f) for f in files]
+    else:
+        if not output_dir.is_dir():
+            raise UserError(
+                f"output folder {output_dir} does not exist: run train.py and predict.py first "
+                f"(or pass --output_dir / --files)"
+            )
+        paths = sorted(set(output_dir.glob("*/fold*/test_probs.csv")) | set(output_dir.glob("*/*/fold*/test_probs.csv")))
+        paths = [p for p in paths if _FOLD_RE.match(p.parent.name)]
+        if not paths:
+            raise UserError(
+                f"no test_probs.csv found under {output_dir}/<model>/fold*/: run predict.py first "
+                f"(or pass --files)"
+            )
+    groups = {}
+    for p in paths:
+        if _FOLD_RE.match(p.parent.name):
+            run = p.parent.parent
+            try:
+                name = run.resolve().relative_to(output_dir.resolve()).as_posix()
+            except ValueError:
+                name = run.as_posix()
+        else:
+            name = p.as_posix()
+        model = groups.setdefault(name, Model(name=name))
+        if p in model.test_files:
+            continue
+        model.test_files.append(p)
+    models = []
+    for name in sorted(groups):
+        model = groups[name]
+        model.test_files.sort(key=_fold_key)
+        for tp in model.test_files:
+            if not _FOLD_RE.match(tp.parent.name):
+                continue
+            for candidate in ("oof_tta.csv", "oof.csv"):
+                if (tp.parent / candidate).is_file():
+                    model.oof_files.append(tp.parent / candidate)
+                    break
+        models.append(model)
+    return models
+
+
+def load_models(models, template_ids):
+    """Fill each model's `test_probs` (fold mean, aligned to `template_ids`) and `oof` (concatenated folds)."""
+    problems = []
+    frames = {}
+    for model in models:
+        for path in model.test_files:
+            try:
+                frames[str(path)] = read_probs(path)
+            except UserError as err:
+                problems.append(str(err))
+    collect(problems, "invalid test probability files:")
+    aligned = dict(zip(frames, align(frames, template_ids)))
+    for model in models:
+        model.test_probs = np.mean([aligned[str(p)] for p in model.test_files], axis=0)
+
+    problems = []
+    for model in models:
+        if not model.oof_files:
+            continue
+        parts = []
+        for path in model.oof_files:
+            try:
+                parts.append(read_oof(path))
+            except UserError as err:
+                problems.append(str(err))
+        if len(parts) != len(model.oof_files):
+            continue
+        oof = pd.concat(parts, ignore_index=True)
+        dup = oof["id"][oof["id"].duplicated()].unique()
+        if len(dup):
+            problems.append(
+                f"{model.name}: OOF files {', '.join(str(p) for p in model.oof_files)} share "
+                f"{len(dup)} id(s) (each row must be out-of-fold exactly once): {_few(dup)}"
+            )
+            continue
+        model.oof = oof
+    collect(problems, "invalid OOF files:")
+
+    # The same id must carry the same answer in every model's OOF.
+    answers = {}
+    problems = []
+    for model in models:
+        if model.oof is None:
+            continue
+        for i, a in zip(model.oof["id"], model.oof["answer"]):
+            if answers.setdefault(i, (a, model.name))[0] != a:
+                problems.append(f"id {i!r}: answer {a!r} in {model.name} but {answers[i][0]!r} in {answers[i][1]}")
+    collect(problems[:SHOW_IDS] + ([f"... and {len(problems) - SHOW_IDS} more"] if len(problems) > SHOW_IDS else []),
+            "OOF files disagree on the true answers:")
+    return models
+
+
+def common_oof(models):
+    """(ids, labels, [probs per model], question_types or None) on the ids present in every model's OOF."""
+    with_oof = [m for m in models if m.oof is not None]
+    if not with_oof:
+        return [], np.zeros(0, int), [], None
+    ids = pd.Index(with_oof[0].oof["id"])
+    for m in with_oof[1:]:
+        ids = ids.intersection(pd.Index(m.oof["id"]), sort=False)
+    first = with_oof[0].oof.set_index("id")
+    labels = labels_from_letters(first.loc[ids, "answer"]) if len(ids) else np.zeros(0, int)
+    qtypes = None
+    for m in with_oof:
+        if "question_type" in m.oof.columns:
+            qtypes = m.oof.set_index("id").loc[ids, "question_type"].astype(str).to_numpy()
+            break
+    probs = [m.oof.set_index("id").loc[ids, list(LETTERS)].to_numpy(dtype=float) for m in with_oof]
+    return list(ids), labels, probs, qtypes
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole pipeline (used by ensemble.py)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EnsembleResult:
+    submission: pd.DataFrame
+    probs: pd.DataFrame  # id, a, b, c, d (template order)
+    summary: dict  # what goes into ensemble.json
+    oof_ids: list
+    oof_labels: np.ndarray
+    oof_before: np.ndarray | None  # blend of uncalibrated OOF probs (same weights)
+    oof_after: np.ndarray | None  # blend of calibrated OOF probs (the ensemble as submitted)
+    oof_question_types: np.ndarray | None
+    per_model_scores: dict
+
+
+def run_ensemble(models, template, method="auto", temperature=True, space=None, log=print):
+    """Calibrate, weight and blend loaded `models`; returns an `EnsembleResult` (nothing written).
+
+    `method`: auto (weights when >= 2 models all have OOF, else mean), mean, weights or vote.
+    `space`: prob (arithmetic mean, default) or logprob (geometric mean).
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
+    space = space or "prob"
+    if space not in SPACES:
+        raise UserError(f"unknown --space {space!r} (choose from {', '.join(SPACES)})")
+    id_col, _ = template_columns(template)
+    template_ids = template[id_col].astype(str).tolist()
+
+    all_oof = all(m.oof is not None for m in models)
+    if method == "auto":
+        method = "weights" if len(models) >= 2 and all_oof else "mean"
+        log(f"method: auto -> {method}" + ("" if method == "weights" else
+            f" ({len(models)} model(s){'' if all_oof else ', not all with OOF'})"))
+    if method == "weights" and not all_oof:
+        lacking = [m.name for m in models if m.oof is None]
+        raise UserError(
+            f"--method weights needs OOF probabilities (oof.csv) for every model; none for: {', '.join(lacking)}"
+            " (use --method mean, or train with k-fold)"
+        )
+
+    per_model, temps = {}, {}
+    log(f"{len(models)} model(s), {len(template_ids)} test rows:")
+    for m in models:
+        scores = {"folds": m.n_folds, "oof_files": [str(p) for p in m.oof_files]}
+        temps[m.name] = 1.0
+        if m.oof is not None:
+            labels = labels_from_letters(m.oof["answer"])
+            probs = m.oof[list(LETTERS)].to_numpy(dtype=float)
+            scores.update(oof_rows=len(labels), accuracy=accuracy(probs, labels), log_loss=log_loss(probs, labels))
+            line = (f"  {m.name}: {m.n_folds} fold(s), OOF {len(labels)} rows, "
+                    f"accuracy {scores['accuracy']:.4f}, log-loss {scores['log_loss']:.4f}")
+            if temperature:
+                t = fit_temperature(probs, labels)
+                temps[m.name] = t
+                scores["log_loss_calibrated"] = log_loss(apply_temperature(probs, t), labels)
+                line += f", temperature {t:.3f} -> log-loss {scores['log_loss_calibrated']:.4f}"
+        else:
+            line = f"  {m.name}: {m.n_folds} fold(s), no OOF (no temperature, no OOF score)"
+        scores["temperature"] = temps[m.name]
+        per_model[m.name] = scores
+        log(line)
+
+    ids, labels, oof_raw, qtypes = common_oof(models) if all_oof else ([], np.zeros(0, int), [], None)
+    oof_cal = [apply_temperature(p, temps[m.name]) for p, m in zip(oof_raw, models)]
+    if all_oof and not ids:
+        log("warning: the models' OOF files share no ids; no blend OOF score")
+        if method == "weights":
+            raise UserError("--method weights: the models' OOF files share no ids to fit weights on")
+
+    if method == "weights":
+        weights = fit_weights(oof_cal, labels, space=space)
+    else:
+        weights = np.full(len(models), 1.0 / len(models))
+    for m, w in zip(models, weights):
+        per_model[m.name]["weight"] = float(w)
+
+    test_cal = [apply_temperature(m.test_probs, temps[m.name]) for m in models]
+    if method == "vote":
+        test_blend = blend(test_cal, weights, space)
+        pred = vote(test_cal, weights)
+    else:
+        test_blend = blend(test_cal, weights, space)
+        pred = test_blend.argmax(axis=1)
+
+    summary = {
+        "method": method,
+        "space": space,
+        "temperature_scaling": bool(temperature),
+        "models": [m.name for m in models],
+        "weights": {m.name: float(w) for m, w in zip(models, weights)},
+        "temperatures": temps,
+        "per_model": per_model,
+        "test_rows": len(template_ids),
+    }
+    oof_before = oof_after = None
+    if ids:
+        oof_before = blend(oof_raw, weights, space)
+        oof_after = blend(oof_cal, weights, space)
+        if method == "vote":
+            voted = vote(oof_cal, weights)
+            blend_acc = float(np.mean(voted == labels))
+        else:
+            blend_acc = accuracy(oof_after, labels)
+        blend_scores = {"rows": len(ids), "accuracy": blend_acc, "log_loss": log_loss(oof_after, labels),
+                        "log_loss_uncalibrated": log_loss(oof_before, labels)}
+        summary["oof_blend"] = blend_scores
+        note = " (weights fitted on these rows: slightly optimistic)" if method == "weights" else ""
+        log(f"blend ({method}, {space}) on {len(ids)} common OOF rows: accuracy {blend_acc:.4f}, "
+            f"log-loss {blend_scores['log_loss']:.4f}{note}")
+    log("weights: " + ", ".join(f"{m.name}={w:.3f}" for m, w in zip(models, weights)))
+
+    sub = validate_submission(make_submission(template, pred), template)
+    probs_df = pd.DataFrame(test_blend, columns=list(LETTERS))
+    probs_df.insert(0, "id", template_ids)
+    counts = sub[template_columns(template)[1]].value_counts()
+    summary["predicted_letters"] = {letter: int(counts.get(letter, 0)) for letter in LETTERS}
+    return EnsembleResult(sub, probs_df, summary, ids, labels, oof_before, oof_after, qtypes, per_model)
+
+
+def load_template(data_dir):
+    """sample_submission.csv of `data_dir`, via `mcvqa.data.load_submission_template` when available."""
+    try:
+        from mcvqa.data import load_submission_template
+    except ImportError:  # mcvqa/data.py not written yet: a minimal reader with the same contract
+        return _read_template(data_dir)
+    return load_submission_template(data_dir)
+
+
+def _read_template(data_dir):
+    path = Path(data_dir) / "sample_submission.csv"
+    if not path.is_file():
+        raise UserError(f"{path} not found (--data_dir should be the folder holding sample_submission.csv)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        raise UserError(f"{path}: could not read as CSV: {err}") from None
+    if "id" not in df.columns or len(df.columns) != 2:
+        raise UserError(f"{path}: expected 2 columns, id and the answer column; has {', '.join(df.columns)}")
+    problems = []
+    if (df["id"].str.strip() == "").any():
+        problems.append("empty ids")
+    dup = df["id"][df["id"].duplicated()].unique()
+    if len(dup):
+        problems.append(f"duplicated ids: {_few(dup)}")
+    if len(df) == 0:
+        problems.append("no rows")
+    collect(problems, f"{path} is invalid:")
+    return df
