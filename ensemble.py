@@ -73,9 +73,9 @@ class EnsembleArguments:
 def main(args: EnsembleArguments):
     from mcvqa import ensemble as ens
 
+    models = ens.discover_models(args.output_dir, args.files)
     template = ens.load_template(args.data_dir)
     id_col, _ = ens.template_columns(template)
-    models = ens.discover_models(args.output_dir, args.files)
     ens.load_models(models, template[id_col].astype(str).tolist())
     result = ens.run_ensemble(models, template, method=args.method, temperature=args.temperature, space=args.space)
 

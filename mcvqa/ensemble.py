@@ -324,6 +324,7 @@ def fit_weights(list_of_oof_probs, labels, space="prob"):
     w = np.clip(res.x, 0.0, None)
     if not np.isfinite(w).all() or w.sum() <= 0:
         return w0
+    w[w < 1e-9 * w.sum()] = 0.0  # optimiser dust such as 5e-17 reads better as 0
     w = w / w.sum()
     return w if loss(w) <= loss(w0) + 1e-12 else w0
 
@@ -352,10 +353,17 @@ def vote(list_of_probs, weights=None):
 def template_columns(template):
     """(id column, answer column) of a sample_submission-like frame."""
     cols = list(template.columns)
-    if len(cols) != 2:
-        raise UserError(f"sample_submission.csv must have 2 columns (id and answer), has {', '.join(map(str, cols))}")
     id_col = "id" if "id" in cols else cols[0]
-    return id_col, [c for c in cols if c != id_col][0]
+    others = [c for c in cols if c != id_col]
+    answer_col = template.attrs.get("answer_column") or ("answer" if "answer" in others else None)
+    if answer_col is None and len(others) == 1:
+        answer_col = others[0]
+    if answer_col not in others:
+        raise UserError(
+            f"sample_submission.csv: cannot tell the answer column (columns: {', '.join(map(str, cols))}); "
+            "expected id and one answer column"
+        )
+    return id_col, answer_col
 
 
 def make_submission(template, pred_labels):
@@ -400,7 +408,8 @@ def validate_submission(sub, template):
 # Run folders
 # --------------------------------------------------------------------------------------------------
 
-_FOLD_RE = re.compile(r"^fold(\d+|full)$")
+# fold1, fold2, ... plus the all-rows run, whichever way it is spelled: foldfull, fold_full, fold-full, full
+_FOLD_RE = re.compile(r"^(?:fold[_-]?(\d+|full)|(full))$")
 
 
 @dataclass
@@ -420,14 +429,15 @@ class Model:
 
 def _fold_key(path):
     m = _FOLD_RE.match(Path(path).parent.name)
-    tag = m.group(1) if m else ""
+    tag = (m.group(1) or m.group(2)) if m else ""
     return (0, int(tag), "") if tag.isdigit() else (1, 0, str(path))
 
 
 def discover_models(output_dir, files=None):
     """Group test_probs files into models (one per run folder).
 
-    Without `files`: every `OUTPUT_DIR/*/fold*/test_probs.csv` (and `OUTPUT_DIR/*/*/fold*/...`).
+    Without `files`: every `OUTPUT_DIR/<run>/<fold>/test_probs.csv` (and `OUTPUT_DIR/<group>/<run>/<fold>/...`),
+    where <fold> is fold1, fold2, ... or the all-rows run (foldfull, fold_full or full).
     With `files`: those files; a file inside `<run>/fold*/` belongs to model `<run>`, any other file
     is a model by itself. Returns a list of `Model` sorted by name.
     """
@@ -442,7 +452,7 @@ def discover_models(output_dir, files=None):
                 f"output folder {output_dir} does not exist: run train.py and predict.py first "
                 f"(or pass --output_dir / --files)"
             )
-        paths = sorted(set(output_dir.glob("*/fold*/test_probs.csv")) | set(output_dir.glob("*/*/fold*/test_probs.csv")))
+        paths = sorted(set(output_dir.glob("*/*/test_probs.csv")) | set(output_dir.glob("*/*/*/test_probs.csv")))
         paths = [p for p in paths if _FOLD_RE.match(p.parent.name)]
         if not paths:
             raise UserError(
@@ -689,7 +699,7 @@ def _read_template(data_dir):
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
         raise UserError(f"{path}: could not read as CSV: {err}") from None
-    if "id" not in df.columns or len(df.columns) != 2:
+    if "id" not in df.columns or len(df.columns) < 2:
         raise UserError(f"{path}: expected 2 columns, id and the answer column; has {', '.join(df.columns)}")
     problems = []
     if (df["id"].str.strip() == "").any():

@@ -117,7 +117,11 @@ def plot_reliability(curves, labels, path, title="Reliability diagram"):
     for k, (name, probs) in enumerate(curves.items()):
         mean_conf, acc, count, ece = reliability_bins(probs, labels)
         filled = count > 0
-        ax.plot(mean_conf[filled], acc[filled], marker="o", label=f"{name} (ECE {ece:.3f}, log-loss {_log_loss(np.asarray(probs), labels):.3f})")
+        line, = ax.plot(mean_conf[filled], acc[filled], alpha=0.8,
+                        label=f"{name} (ECE {ece:.3f}, log-loss {_log_loss(np.asarray(probs), labels):.3f})")
+        # marker area grows with the bin's row count: sparse bins are visibly less trustworthy
+        ax.scatter(mean_conf[filled], acc[filled], s=15 + 150 * np.sqrt(count[filled] / count.max()),
+                   color=line.get_color(), alpha=0.8, zorder=3)
         centers = (np.arange(N_BINS) + 0.5) / N_BINS
         axh.bar(centers - 0.5 / N_BINS + (k + 0.5) * width, count, width=width, alpha=0.7, label=name)
     ax.set_xlim(0, 1)

@@ -396,3 +396,18 @@ def test_subprocess_missing_output_dir(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:")
     assert "predict.py" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_discover_models_groups_folds(tmp_path):
+    for rel in ["m7b/fold1", "m7b/fold2", "m7b/fold10", "m3b/full", "m3b/fold_full", "grp/m2/fold1", "m7b/notafold",
+                "m7b/fold1/tta"]:
+        d = tmp_path / rel
+        d.mkdir(parents=True)
+        (d / "test_probs.csv").write_text("id,a,b,c,d\n")
+    (tmp_path / "m7b" / "fold2" / "oof.csv").write_text("")
+    (tmp_path / "m7b" / "fold2" / "oof_tta.csv").write_text("")
+    models = {m.name: m for m in ens.discover_models(tmp_path)}
+    assert sorted(models) == ["grp/m2", "m3b", "m7b"]
+    assert [p.parent.name for p in models["m7b"].test_files] == ["fold1", "fold2", "fold10"]
+    assert [p.name for p in models["m7b"].oof_files] == ["oof_tta.csv"]
+    assert models["m3b"].n_folds == 2 and models["m3b"].oof_files == []
