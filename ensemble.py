@@ -9,7 +9,7 @@ ensemble_probs.csv (id,a,b,c,d) and ensemble.json (weights, temperatures, OOF sc
 
 Examples:
 
-    # after train.py + predict.py with their defaults: just run it
+    # after train_lora.py + predict.py with their defaults: just run it
     python ensemble.py
 
     # plain mean of the models, no temperature scaling, plots in runs/ensemble_report/

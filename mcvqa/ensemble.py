@@ -449,7 +449,7 @@ def discover_models(output_dir, files=None):
     else:
         if not output_dir.is_dir():
             raise UserError(
-                f"output folder {output_dir} does not exist: run train.py and predict.py first "
+                f"output folder {output_dir} does not exist: run train_lora.py and predict.py first "
                 f"(or pass --output_dir / --files)"
             )
         paths = sorted(set(output_dir.glob("*/*/test_probs.csv")) | set(output_dir.glob("*/*/*/test_probs.csv")))

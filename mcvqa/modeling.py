@@ -1,0 +1,177 @@
+"""Loading a Qwen-VL processor and model the same way for a hub id and a local folder."""
+
+import importlib.util
+
+from mcvqa.errors import UserError
+
+
+def load_processor(name_or_path, min_pixels=None, max_pixels=None, trust_remote_code=False):
+    """AutoProcessor, with the pixel budget applied and checked, and a clean path without torchvision.
+
+    transformers 5.x Qwen-VL processors build a video processor that needs torchvision; images never
+    need it, so without torchvision we build the family's processor with no video processor.
+    """
+    from transformers import AutoProcessor, AutoTokenizer, AutoConfig
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if importlib.util.find_spec("torchvision") is not None:
+        processor = AutoProcessor.from_pretrained(name_or_path, **kwargs)
+    else:
+        import transformers
+        from transformers import Qwen2VLImageProcessorPil
+
+        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        cls_name = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor",
+                    "qwen3_vl": "Qwen3VLProcessor"}.get(config.model_type)
+        if cls_name is None:
+            raise UserError(f"{name_or_path}: model type '{config.model_type}' is not a Qwen-VL model "
+                            "(expected qwen2_vl, qwen2_5_vl or qwen3_vl)")
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        processor = _without_video(getattr(transformers, cls_name))(
+            image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+            chat_template=tokenizer.chat_template)
+    set_pixel_budget(processor, min_pixels, max_pixels)
+    return processor
+
+
+def set_pixel_budget(processor, min_pixels=None, max_pixels=None):
+    """Set min/max pixels on the image processor where resizing actually reads them, and check it took."""
+    ip = processor.image_processor
+    size = dict(getattr(ip, "size", None) or {})
+    if min_pixels:
+        size["shortest_edge"] = int(min_pixels)
+        ip.min_pixels = int(min_pixels)
+    if max_pixels:
+        size["longest_edge"] = int(max_pixels)
+        ip.max_pixels = int(max_pixels)
+    ip.size = size
+    return ip.size
+
+
+def _without_video(processor_cls):
+    """The family's processor class, accepting `video_processor=None` (images only, no torchvision)."""
+
+    class ImageOnlyProcessor(processor_cls):
+        def check_argument_for_proper_class(self, attribute_name, arg):
+            if arg is None and attribute_name == "video_processor":
+                return None
+            return super().check_argument_for_proper_class(attribute_name, arg)
+
+    ImageOnlyProcessor.__name__ = processor_cls.__name__
+    return ImageOnlyProcessor
+
+
+QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def short_name(name_or_path):
+    """`Qwen/Qwen2.5-VL-7B-Instruct` -> `Qwen2.5-VL-7B-Instruct`: the default run folder name."""
+    return str(name_or_path).rstrip("/").split("/")[-1] or "model"
+
+
+def check_model_folder(name_or_path, trust_remote_code=False):
+    """Refuse early (before any weights load) a folder that is not a Qwen-VL model."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--model_name_or_path {name_or_path}: cannot load a model config ({first})") from None
+    if config.model_type not in QWEN_VL_TYPES:
+        raise UserError(f"--model_name_or_path {name_or_path}: model type '{config.model_type}' is not a Qwen-VL "
+                        f"model (expected one of {', '.join(QWEN_VL_TYPES)})")
+    return config
+
+
+def resolve_precision(precision, full_finetune=False):
+    """(weight dtype, autocast flag) for `--precision auto|bf16|fp16|fp32`.
+
+    auto: bf16 where the GPU supports it; fp16 autocast with fp32 trainable weights on GPUs without bf16
+    (T4), fp32 on CPU.
+    """
+    import torch
+
+    if precision == "auto":
+        if not torch.cuda.is_available():
+            precision = "fp32"
+        elif torch.cuda.is_bf16_supported():
+            precision = "bf16"
+        else:
+            precision = "fp16"
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    if full_finetune and precision != "fp32":
+        # Full fine-tuning keeps fp32 master weights and autocasts; pure half weights lose small updates.
+        weight_dtype = torch.float32
+    return precision, weight_dtype
+
+
+def attention_implementation(requested, dtype):
+    import torch
+
+    if requested != "auto":
+        return requested
+    if (torch.cuda.is_available() and dtype in (torch.float16, torch.bfloat16)
+            and importlib.util.find_spec("flash_attn") is not None):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def language_lora_targets(lora_vision=False):
+    """Regex for peft: the language model's linear layers, plus the vision tower's with `lora_vision`."""
+    lm = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    if not lora_vision:
+        return lm
+    vision = r".*visual\.blocks\..*\.(qkv|proj|fc1|fc2|gate_proj|up_proj|down_proj|linear_fc1|linear_fc2)"
+    return f"({lm})|({vision})"
+
+
+def load_model(name_or_path, precision="auto", quantization="none", attn_implementation="auto",
+               full_finetune=False, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_vision=False,
+               gradient_checkpointing=True, adapter_path=None, trust_remote_code=False, device_index=None):
+    """AutoModelForImageTextToText (+ bitsandbytes quantisation) (+ LoRA or a saved adapter)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    precision, dtype = resolve_precision(precision, full_finetune)
+    kwargs = {"dtype": dtype, "attn_implementation": attention_implementation(attn_implementation, dtype),
+              "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    if quantization != "none":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if precision == "bf16" else torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit",
+            bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute,
+            # The vision tower overflows in low bit and the head scores the answer: both stay unquantised.
+            llm_int8_skip_modules=["visual", "lm_head"],
+        )
+        # Under DDP every rank holds its own copy on its own GPU; "auto" would collapse DDP to one process.
+        kwargs["device_map"] = {"": device_index or 0}
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    if quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, adapter_path, is_trainable=False), precision
+    if full_finetune:
+        return model, precision
+    from peft import LoraConfig, get_peft_model
+
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                        target_modules=language_lora_targets(lora_vision), task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    if precision == "fp16":
+        # GradScaler refuses fp16 gradients: the trainable weights stay fp32 under fp16 autocast.
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return model, precision

@@ -1,0 +1,25 @@
+"""The conversation each row becomes: one default instruction, optional per-question-type templates."""
+
+from mcvqa import LETTERS
+
+DEFAULT_INSTRUCTION = "Answer with the letter of the correct option (a, b, c or d) only."
+
+
+def user_text(question, options, template=None):
+    """The user turn's text: question, one `a. ...` line per option, instruction.
+
+    `template` is a format string with `{question}`, `{options}` and `{instruction}`; `None` uses the default layout.
+    """
+    lines = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
+    if template:
+        return template.format(question=question, options=lines, instruction=DEFAULT_INSTRUCTION)
+    return f"{question}\n{lines}\n{DEFAULT_INSTRUCTION}"
+
+
+def conversation(question, options, answer=None, template=None):
+    """Chat messages for the processor's chat template; the assistant turn only when the answer is known."""
+    messages = [{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": user_text(question, options, template)}]}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages

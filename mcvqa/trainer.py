@@ -1,0 +1,117 @@
+"""The Trainer subclass: loss at the answer position only, a/b/c/d metrics, a guard against NaN/inf."""
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from mcvqa.errors import UserError
+from mcvqa.scoring import answer_logits, letter_logits, metrics_from_logits, target_letters
+
+NAN_ADVICE = ("the loss became {value} at step {step}. This is the known Qwen-VL fp16 overflow on GPUs without "
+              "bf16 (T4) or a too high learning rate. Try: --precision bf16 on a GPU that has it, or "
+              "--precision fp32; a lower --learning_rate (e.g. half); a smaller --max_pixels. Nothing after "
+              "the last good checkpoint was saved.")
+
+
+class TrainingDiverged(UserError):
+    """The loss is NaN or infinite: stop with advice instead of training garbage."""
+
+
+class MCVQATrainer(Trainer):
+    """HF Trainer whose loss and evaluation read the language-model head only at the answer position.
+
+    - training loss: cross-entropy at the answer letter (and `<|im_end|>` when it is supervised) with
+      `label_smoothing_factor`, over the whole vocabulary or (`restricted_loss`) over the four letters;
+    - evaluation returns (B, 4) letter logits and the 0-3 answer, never full-vocabulary logits;
+    - `eval_collator` (no option shuffling) replaces the training collator for evaluation/prediction.
+    """
+
+    def __init__(self, *args, letter_ids, restricted_loss=False, eval_collator=None, nan_check_steps=4,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.letter_ids = letter_ids
+        self.restricted_loss = restricted_loss
+        self.eval_collator = eval_collator
+        self.nan_check_steps = nan_check_steps
+        self._recent_losses = []
+        # The loss is a per-batch mean; let the Trainer divide by gradient accumulation itself.
+        self.model_accepts_loss_kwargs = False
+
+    def _with_eval_collator(self, fn, *args):
+        train_collator = self.data_collator
+        if self.eval_collator is not None:
+            self.data_collator = self.eval_collator
+        try:
+            return fn(*args)
+        finally:
+            self.data_collator = train_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return self._with_eval_collator(super().get_eval_dataloader, eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        return self._with_eval_collator(super().get_test_dataloader, test_dataset)
+
+    def _loss_and_letters(self, model, inputs):
+        labels = inputs["labels"]
+        at = int(inputs["answer_index"][0])
+        n = int((labels[:, at + 1:] != -100).any(0).sum()) or 1
+        logits = answer_logits(model, inputs, n_positions=n)
+        targets = labels[:, at + 1: at + 1 + n]
+        letters = letter_logits(logits[:, 0], self.letter_ids)
+        smoothing = self.args.label_smoothing_factor
+        if self.restricted_loss:
+            loss = F.cross_entropy(letters, target_letters(inputs, self.letter_ids), label_smoothing=smoothing)
+        else:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                   label_smoothing=smoothing)
+        return loss, letters
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, letters = self._loss_and_letters(model, inputs)
+        if model.training:
+            self._check_finite(loss)
+        return (loss, letters) if return_outputs else loss
+
+    def _check_finite(self, loss):
+        # One device sync every few steps, not every step.
+        self._recent_losses.append(loss.detach())
+        if len(self._recent_losses) >= self.nan_check_steps or self.state.global_step == 0:
+            window = torch.stack(self._recent_losses)
+            self._recent_losses = []
+            if not torch.isfinite(window).all():
+                bad = window[~torch.isfinite(window)][0].item()
+                raise TrainingDiverged(NAN_ADVICE.format(value=bad, step=self.state.global_step + 1))
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            if "labels" in inputs:
+                loss, letters = self._loss_and_letters(model, inputs)
+                loss = loss.detach()
+            else:
+                loss, letters = None, letter_logits(answer_logits(model, inputs)[:, 0], self.letter_ids)
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, letters.float().detach(), target_letters(inputs, self.letter_ids)
+
+
+def make_compute_metrics(question_types=None):
+    """`compute_metrics` over the (N, 4) letter logits the trainer returns; per-type accuracy when known."""
+
+    def compute_metrics(eval_pred):
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        types = question_types if question_types is not None and len(question_types) == len(labels) else None
+        return metrics_from_logits(logits, labels, types)
+
+    return compute_metrics
+
+
+class FoldProgress(TrainerCallback):
+    """Print eval results as one short line per evaluation (the progress bar shows the rest)."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.is_world_process_zero and metrics:
+            acc, ll = metrics.get("eval_accuracy"), metrics.get("eval_log_loss")
+            if acc is not None:
+                print(f"  epoch {state.epoch:.2f} | eval acc {acc:.3f} | logloss {ll:.3f}", flush=True)

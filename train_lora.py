@@ -1,0 +1,272 @@
+"""Fine-tune a Qwen-VL model on one fold of a multiple-choice VQA data folder (LoRA, QLoRA or full).
+
+    accelerate launch train_lora.py --fold 1
+    accelerate launch --config_file accelerate_configs/dual_t4.yaml train_lora.py --fold 1 \
+        --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --quantization 4bit
+    python train_lora.py --config configs/cpu_tiny.yaml --fold 1          # CPU smoke run on the tiny model
+    python train_lora.py --fold -1                                        # all rows, no out-of-fold file
+
+Writes OUTPUT_DIR/fold{K}/ (OUTPUT_DIR defaults to runs/<model short name>): the adapter (peft format)
+or full model, train_config.json, metrics.json, oof.csv (id,a,b,c,d,answer,pred for the fold's rows),
+trainer_state.json and checkpoints/. Folds count from 1 and are assigned once, in OUTPUT_DIR/folds.csv.
+Every transformers TrainingArguments flag passes through (--learning_rate, --num_train_epochs, ...).
+"""
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainingArguments
+
+from mcvqa.cli import parse_args
+from mcvqa.errors import UserError, collect, report_user_errors
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default="Qwen/Qwen2.5-VL-7B-Instruct",
+                                    metadata={"help": "Hub id or local folder of a Qwen2/2.5/3-VL model."})
+    quantization: str = field(default="none", metadata={
+        "help": "4bit (QLoRA, nf4 + double quantisation), 8bit or none. Needs CUDA and bitsandbytes.",
+        "choices": ["4bit", "8bit", "none"]})
+    precision: str = field(default="auto", metadata={
+        "help": "auto: bf16 where the GPU has it, fp16 autocast with fp32 trainable weights otherwise (T4), "
+                "fp32 on CPU.", "choices": ["auto", "bf16", "fp16", "fp32"]})
+    attn_implementation: str = field(default="auto", metadata={
+        "help": "auto (flash_attention_2 when installed and supported, else sdpa), sdpa, eager, flash_attention_2."})
+    full_finetune: bool = field(default=False, metadata={"help": "Train all weights instead of LoRA."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_vision: bool = field(default=False, metadata={"help": "Also put LoRA on the vision tower's linear layers."})
+    min_pixels: int = field(default=112 * 112, metadata={"help": "Images smaller than this are upscaled."})
+    max_pixels: int = field(default=448 * 448, metadata={
+        "help": "Pixel budget per image (the main memory knob); the same in training and prediction."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model folder to run."})
+
+
+@dataclass
+class DataArguments:
+    data_dir: str = field(default="data", metadata={"help": "Folder with train.csv, test.csv, sample_submission.csv."})
+    fold: int = field(default=1, metadata={"help": "Validation fold, counted from 1; -1 trains on all rows."})
+    full_train: bool = field(default=False, metadata={"help": "Same as --fold -1."})
+    n_folds: int = field(default=5, metadata={"help": "Number of folds (assigned once, stored in folds.csv)."})
+    max_length: int = field(default=2048, metadata={"help": "Longest sequence; longer rows are refused, never cut."})
+    shuffle_choices: bool = field(default=False, metadata={
+        "help": "Augmentation: show the options in a random order each time (the answer follows)."})
+    supervise_eos: bool = field(default=False, metadata={"help": "Also supervise <|im_end|> after the letter."})
+    restricted_loss: bool = field(default=False, metadata={
+        "help": "Cross-entropy over the four option letters only, instead of the whole vocabulary."})
+    prompt_template: str = field(default=None, metadata={
+        "help": "User-turn format with {question}, {options}, {instruction}; default: question, options, instruction."})
+    templates_by_type: str = field(default=None, metadata={
+        "help": "JSON or YAML mapping question_type -> template (overrides --prompt_template for that type)."})
+    early_stopping_patience: int = field(default=3, metadata={"help": "Evaluations without improvement before stopping; 0 = off."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the fold's last complete checkpoint."})
+    report: bool = field(default=False, metadata={"help": "Write PNG plots and report.md for the fold."})
+    max_train_samples: int = field(default=None, metadata={"help": "Use only this many training rows (quick runs)."})
+    max_eval_samples: int = field(default=None, metadata={"help": "Evaluate during training on at most this many rows."})
+
+
+# Defaults for this task; a YAML --config or the command line overrides each of them.
+TRAINING_DEFAULTS = dict(
+    output_dir=None, learning_rate=1e-4, num_train_epochs=3, per_device_train_batch_size=8,
+    per_device_eval_batch_size=16, gradient_accumulation_steps=1, lr_scheduler_type="cosine", warmup_steps=0.03,
+    weight_decay=0.0, label_smoothing_factor=0.1, logging_steps=10, eval_strategy="epoch", save_strategy="epoch",
+    save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
+    remove_unused_columns=False, gradient_checkpointing=True,
+    gradient_checkpointing_kwargs={"use_reentrant": False}, ddp_find_unused_parameters=False, seed=42,
+    report_to="none", disable_tqdm=False,
+)
+
+
+def check_args(model_args, data_args, args):
+    """Every argument problem at once, before anything is loaded or written."""
+    import importlib.util
+
+    import torch
+
+    problems = []
+    if data_args.n_folds < 2:
+        problems.append(f"--n_folds {data_args.n_folds}: needs at least 2")
+    elif data_args.fold not in (-1,) and not 1 <= data_args.fold <= data_args.n_folds:
+        problems.append(f"--fold {data_args.fold} is out of range: folds count from 1 to {data_args.n_folds}, "
+                        "or -1 for all rows")
+    if model_args.lora_r <= 0 and not model_args.full_finetune:
+        problems.append(f"--lora_r {model_args.lora_r}: must be positive")
+    if model_args.min_pixels > model_args.max_pixels:
+        problems.append(f"--min_pixels {model_args.min_pixels} is above --max_pixels {model_args.max_pixels}")
+    if model_args.quantization != "none":
+        if not torch.cuda.is_available():
+            problems.append(f"--quantization {model_args.quantization} needs a CUDA GPU; use --quantization none on CPU")
+        elif importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(f"--quantization {model_args.quantization} needs bitsandbytes: pip install bitsandbytes")
+        if model_args.full_finetune:
+            problems.append("--full_finetune cannot train quantised weights: drop --quantization")
+    if model_args.precision in ("bf16", "fp16") and not torch.cuda.is_available():
+        problems.append(f"--precision {model_args.precision} needs a CUDA GPU; use auto or fp32 on CPU")
+    if data_args.resume and args.overwrite_output_dir if hasattr(args, "overwrite_output_dir") else False:
+        problems.append("--resume and --overwrite_output_dir contradict each other")
+    collect(problems, "invalid arguments:")
+
+
+def last_complete_checkpoint(checkpoints_dir):
+    """The newest checkpoint that finished writing (trainer_state.json is saved last), or None."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    ckpts = sorted(Path(checkpoints_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
+                   key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    for ckpt in reversed(ckpts):
+        if (ckpt / "trainer_state.json").is_file() and any(ckpt.glob("*.safetensors")):
+            return str(ckpt)
+    return None
+
+
+@report_user_errors
+def main(argv=None):
+    import numpy as np
+    import pandas as pd
+    from accelerate import PartialState
+    from transformers import EarlyStoppingCallback
+
+    from collator import MCVQACollator, option_letter_ids
+    from mcvqa import LETTERS
+    from mcvqa.data import assign_folds, load_split, to_dataset
+    from mcvqa.io import write_csv, write_json
+    from mcvqa.modeling import check_model_folder, load_model, load_processor, short_name
+    from mcvqa.scoring import metrics_from_logits, softmax
+    from mcvqa.trainer import FoldProgress, MCVQATrainer, make_compute_metrics
+
+    started = time.time()
+    # ---- Arguments -------------------------------------------------------------------------------
+    model_args, data_args, args, given = parse_args(
+        (ModelArguments, DataArguments, TrainingArguments), argv, defaults=TRAINING_DEFAULTS)
+    if data_args.full_train:
+        data_args.fold = -1
+    check_args(model_args, data_args, args)
+    output_root = Path(args.output_dir if "output_dir" in given else Path("runs") / short_name(model_args.model_name_or_path))
+    fold_name = "full" if data_args.fold == -1 else f"fold{data_args.fold}"
+    fold_dir = output_root / fold_name
+    templates = parse_templates(data_args.templates_by_type)
+
+    # ---- Data ------------------------------------------------------------------------------------
+    check_model_folder(model_args.model_name_or_path, model_args.trust_remote_code)
+    train_df = load_split(data_args.data_dir, "train")
+    state = PartialState()
+    with state.main_process_first():
+        folds = assign_folds(train_df, data_args.n_folds, args.seed, output_root)
+    is_val = (folds == data_args.fold).to_numpy()
+    fit_df, val_df = train_df[~is_val], train_df[is_val]
+    if data_args.max_train_samples:
+        fit_df = fit_df.sample(n=min(len(fit_df), data_args.max_train_samples), random_state=args.seed)
+    eval_df = val_df
+    if data_args.max_eval_samples and len(val_df) > data_args.max_eval_samples:
+        eval_df = val_df.sample(n=data_args.max_eval_samples, random_state=args.seed)
+
+    # ---- Model -----------------------------------------------------------------------------------
+    processor = load_processor(model_args.model_name_or_path, model_args.min_pixels, model_args.max_pixels,
+                               model_args.trust_remote_code)
+    model, precision = load_model(
+        model_args.model_name_or_path, precision=model_args.precision, quantization=model_args.quantization,
+        attn_implementation=model_args.attn_implementation, full_finetune=model_args.full_finetune,
+        lora_r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+        lora_vision=model_args.lora_vision, gradient_checkpointing=args.gradient_checkpointing,
+        trust_remote_code=model_args.trust_remote_code, device_index=state.local_process_index)
+    letter_ids = option_letter_ids(processor.tokenizer)
+    collator_kwargs = dict(min_pixels=model_args.min_pixels, max_pixels=model_args.max_pixels,
+                           supervise_eos=data_args.supervise_eos, template=data_args.prompt_template,
+                           templates_by_type=templates, max_length=data_args.max_length, seed=args.seed)
+    train_collator = MCVQACollator(processor, shuffle_choices=data_args.shuffle_choices, **collator_kwargs)
+    eval_collator = MCVQACollator(processor, **collator_kwargs)
+    eval_collator.images = train_collator.images  # one image cache for both
+    train_collator.prepare(fit_df.to_dict("records"))
+    eval_collator.prepare(val_df.to_dict("records"))
+
+    # ---- Trainer ---------------------------------------------------------------------------------
+    args = configure_training_args(args, fold_dir, precision, has_eval=data_args.fold != -1,
+                                   run_name=f"{short_name(model_args.model_name_or_path)}-{fold_name}")
+    callbacks = [FoldProgress()]
+    if data_args.fold != -1 and data_args.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
+    trainer = MCVQATrainer(
+        model=model, args=args, data_collator=train_collator, eval_collator=eval_collator,
+        train_dataset=to_dataset(fit_df), eval_dataset=to_dataset(eval_df) if data_args.fold != -1 else None,
+        compute_metrics=make_compute_metrics(eval_df["question_type"].tolist()), letter_ids=letter_ids,
+        restricted_loss=data_args.restricted_loss, callbacks=callbacks,
+    )
+
+    # ---- Train -----------------------------------------------------------------------------------
+    resume_from = last_complete_checkpoint(args.output_dir) if data_args.resume else None
+    if data_args.resume and resume_from is None and state.is_main_process:
+        print(f"--resume: no complete checkpoint in {args.output_dir}; starting from the beginning", file=sys.stderr)
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
+
+    # ---- Save ------------------------------------------------------------------------------------
+    trainer.save_model(str(fold_dir))
+    metrics = dict(train_result.metrics)
+    oof = None
+    if data_args.fold != -1:
+        pred = trainer.predict(to_dataset(val_df))
+        probs = softmax(pred.predictions)
+        labels = np.array([LETTERS.index(a) for a in val_df["answer"]])
+        scores = metrics_from_logits(pred.predictions, labels, val_df["question_type"].tolist())
+        metrics.update({f"oof_{k}": v for k, v in scores.items()})
+        oof = pd.DataFrame({"id": val_df["id"].to_numpy(), **{l: probs[:, i] for i, l in enumerate(LETTERS)},
+                            "answer": val_df["answer"].to_numpy(),
+                            "pred": [LETTERS[i] for i in probs.argmax(1)],
+                            "question_type": val_df["question_type"].to_numpy()})
+    if trainer.is_world_process_zero():
+        minutes = (time.time() - started) / 60
+        metrics.update(minutes=minutes, precision=precision, n_train=len(fit_df), n_val=len(val_df))
+        write_json(fold_dir / "train_config.json", {
+            "model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
+            "training": args.to_dict(), "fold_dir": str(fold_dir)})
+        trainer.state.save_to_json(str(fold_dir / "trainer_state.json"))
+        write_json(fold_dir / "metrics.json", metrics)
+        summary = f"{fold_name.replace('fold', 'fold ')} | {minutes:.0f}m"
+        if oof is not None:
+            write_csv(fold_dir / "oof.csv", oof)
+            summary = (f"fold {data_args.fold} | acc {metrics['oof_accuracy']:.3f} | "
+                       f"logloss {metrics['oof_log_loss']:.3f} | {minutes:.0f}m")
+        if data_args.report:
+            from mcvqa.report import write_fold_report
+
+            print(f"report: {write_fold_report(fold_dir)}")
+        print(summary, flush=True)
+    return metrics
+
+
+def parse_templates(text):
+    if not text:
+        return None
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise UserError("--templates_by_type must be a mapping such as '{\"colour\": \"{question} ...\"}'")
+    return value
+
+
+def configure_training_args(args, fold_dir, precision, has_eval, run_name):
+    """Point the Trainer at the fold folder and apply the resolved precision and evaluation plan."""
+    import importlib.util
+
+    updates = dict(output_dir=str(fold_dir / "checkpoints"), bf16=precision == "bf16", fp16=precision == "fp16",
+                   run_name=args.run_name or run_name)
+    if not has_eval:
+        updates.update(eval_strategy="no", load_best_model_at_end=False)
+    if args.report_to in (None, [], ["none"], "none") and importlib.util.find_spec("tensorboard") is not None:
+        updates["report_to"] = ["tensorboard"]
+    if args.use_cpu or not __import__("torch").cuda.is_available():
+        updates["dataloader_pin_memory"] = False
+    args = dataclasses.replace(args, **updates)
+    return args
+
+
+if __name__ == "__main__":
+    main()
