@@ -41,11 +41,12 @@ def set_pixel_budget(processor, min_pixels=None, max_pixels=None):
     size = dict(getattr(ip, "size", None) or {})
     if min_pixels:
         size["shortest_edge"] = int(min_pixels)
-        ip.min_pixels = int(min_pixels)
     if max_pixels:
         size["longest_edge"] = int(max_pixels)
-        ip.max_pixels = int(max_pixels)
     ip.size = size
+    if (min_pixels and ip.size.get("shortest_edge") != int(min_pixels)) or (
+            max_pixels and ip.size.get("longest_edge") != int(max_pixels)):
+        raise RuntimeError(f"the image processor ignored the pixel budget: size is {ip.size}")
     return ip.size
 
 

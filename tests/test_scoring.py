@@ -1,0 +1,106 @@
+"""The one scoring function: restricted a/b/c/d logits at the answer position, shared by eval and predict."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, TrainingArguments
+
+from collator import MCVQACollator, option_letter_ids
+from mcvqa.scoring import answer_logits, letter_logits, metrics_from_logits, predict_probs, score_batch
+from mcvqa.trainer import MCVQATrainer, TrainingDiverged, make_compute_metrics
+from mcvqa.tta import identity
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    torch.manual_seed(0)
+    return AutoModelForImageTextToText.from_pretrained(tiny_model).eval()
+
+
+@pytest.fixture(scope="module")
+def rows(easy_vqa_dir):
+    from mcvqa.data import load_split
+
+    return load_split(easy_vqa_dir, "train").to_dict("records")[:12]
+
+
+def test_answer_logits_equal_the_full_forward_at_that_position(model, processor, rows):
+    batch = MCVQACollator(processor, 56 * 56, 56 * 56)(rows[:4])
+    at = int(batch["answer_index"][0])
+    with torch.no_grad():
+        kept = answer_logits(model, batch)[:, 0]
+        full = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw",
+                                              "mm_token_type_ids")}).logits[:, at]
+    assert torch.allclose(kept, full, atol=1e-5)
+
+
+def test_letter_logits_fold_variants_by_logsumexp():
+    logits = torch.zeros(1, 10)
+    logits[0, 3] = 2.0
+    logits[0, 7] = 2.0
+    out = letter_logits(logits, [[1], [3, 7], [5], [9]])
+    assert torch.allclose(out[0, 1], torch.logsumexp(torch.tensor([2.0, 2.0]), 0))
+    assert out.argmax().item() == 1
+
+
+def test_training_and_scoring_batches_score_identically(model, processor, rows):
+    """The letter read after the prompt is the same whether the answer follows it (training) or not (predict)."""
+    letters = option_letter_ids(processor.tokenizer)
+    with torch.no_grad():
+        train_side = score_batch(model, MCVQACollator(processor, 56 * 56, 56 * 56)(rows[:6]), letters)
+        predict_side = score_batch(model, MCVQACollator(processor, 56 * 56, 56 * 56, train=False)(rows[:6]), letters)
+    assert torch.allclose(train_side, predict_side, atol=1e-4)
+
+
+def test_predict_probs_equal_trainer_evaluation(model, processor, rows, tmp_path):
+    from mcvqa.data import to_dataset
+    import pandas as pd
+
+    letters = option_letter_ids(processor.tokenizer)
+    collator = MCVQACollator(processor, 56 * 56, 56 * 56)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=5, remove_unused_columns=False,
+                             report_to="none", use_cpu=True)
+    trainer = MCVQATrainer(model=model, args=args, data_collator=collator, letter_ids=letters,
+                           compute_metrics=make_compute_metrics())
+    pred = trainer.predict(to_dataset(pd.DataFrame(rows)))
+    trainer_probs = torch.softmax(torch.tensor(pred.predictions), -1).numpy()
+    ours = predict_probs(model, MCVQACollator(processor, 56 * 56, 56 * 56, train=False), rows, letters,
+                         {"identity": identity}, batch_size=4, progress=False)["identity"]
+    assert np.allclose(trainer_probs, ours, atol=1e-5)
+    assert np.allclose(ours.sum(1), 1.0)
+    assert list(pred.label_ids) == ["abcd".index(r["answer"]) for r in rows]
+    assert pred.predictions.shape == (len(rows), 4), "evaluation must not keep full-vocabulary logits"
+
+
+def test_metrics_accuracy_logloss_and_by_type():
+    logits = np.log(np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]]))
+    m = metrics_from_logits(logits, np.array([0, 0, 2]), ["yes/no", "colour", "colour"])
+    assert m["accuracy_yes_no"] == 1.0 and m["accuracy_colour"] == 0.0
+    assert m["accuracy"] == pytest.approx(1 / 3)
+    assert m["log_loss"] == pytest.approx(-(np.log(0.7) + np.log(0.1) + np.log(0.25)) / 3)
+
+
+def test_restricted_loss_and_label_smoothing(model, processor, rows, tmp_path):
+    letters = option_letter_ids(processor.tokenizer)
+    batch = MCVQACollator(processor, 56 * 56, 56 * 56)(rows[:4])
+    losses = {}
+    for restricted in (False, True):
+        for smoothing in (0.0, 0.1):
+            args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                                     label_smoothing_factor=smoothing)
+            trainer = MCVQATrainer(model=model, args=args, letter_ids=letters, restricted_loss=restricted)
+            with torch.no_grad():
+                losses[(restricted, smoothing)] = trainer.compute_loss(model, dict(batch)).item()
+    with torch.no_grad():
+        four = score_batch(model, batch, letters)
+    target = torch.tensor(["abcd".index(r["answer"]) for r in rows[:4]])
+    assert losses[(True, 0.0)] == pytest.approx(torch.nn.functional.cross_entropy(four, target).item(), rel=1e-5)
+    assert losses[(False, 0.0)] > losses[(True, 0.0)], "full-vocabulary loss spreads mass over more tokens"
+    assert losses[(False, 0.1)] != losses[(False, 0.0)]
+
+
+def test_nan_loss_stops_with_advice(model, processor, rows, tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = MCVQATrainer(model=model, args=args, letter_ids=option_letter_ids(processor.tokenizer))
+    with pytest.raises(TrainingDiverged, match="bf16"):
+        trainer._check_finite(torch.tensor(float("nan")))
