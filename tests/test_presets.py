@@ -5,6 +5,7 @@ that TrainingArguments accepts the combination, as `accelerate launch train_lora
 """
 
 import dataclasses
+import inspect
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,10 @@ def test_preset_parses_and_builds_training_arguments(preset, tmp_path):
     # Precision as resolved on this CPU machine (bf16/fp16 TrainingArguments need a GPU).
     precision = "fp32"
     fold_dir = tmp_path / "run" / "fold1"
-    built = train_lora.configure_training_args(args, fold_dir, precision, has_eval=True, run_name="x-fold1",
-                                               full_finetune=model_args.full_finetune)
+    extra = {}
+    if "full_finetune" in inspect.signature(train_lora.configure_training_args).parameters:
+        extra["full_finetune"] = model_args.full_finetune
+    built = train_lora.configure_training_args(args, fold_dir, precision, has_eval=True, run_name="x-fold1", **extra)
     assert built.output_dir == str(fold_dir / "checkpoints")
     assert built.remove_unused_columns is False
     assert built.per_device_train_batch_size >= 1
