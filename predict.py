@@ -199,9 +199,35 @@ def merge_and_save(folds, args):
                         "(re-train without --quantization, or serve base + adapter)")
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    import json
+    import shutil
+
     tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)  # leftovers of an interrupted merge
     model.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
+    # The processor: the base model's own tokenizer/processor files (processor.save_pretrained fails for the
+    # images-only processor built without torchvision), with the fold's pixel budget written into them.
+    base = config["model"]["model_name_or_path"]
+    patterns = ["tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                "chat_template.json", "chat_template.jinja", "preprocessor_config.json", "processor_config.json",
+                "video_preprocessor_config.json"]
+    if Path(base).is_dir():
+        base_dir = Path(base)
+    else:
+        from huggingface_hub import snapshot_download
+
+        base_dir = Path(snapshot_download(base, allow_patterns=patterns))
+    for pattern in patterns:
+        for f in base_dir.glob(pattern):
+            if f.is_file() and not (tmp / f.name).exists():
+                shutil.copyfile(f, tmp / f.name)
+    prep_path = tmp / "preprocessor_config.json"
+    if prep_path.is_file():
+        prep = json.loads(prep_path.read_text(encoding="utf-8"))
+        lo, hi = int(config["model"]["min_pixels"]), int(config["model"]["max_pixels"])
+        prep["size"] = {**(prep.get("size") or {}), "shortest_edge": lo, "longest_edge": hi}
+        prep.update({k: v for k, v in (("min_pixels", lo), ("max_pixels", hi)) if k in prep})
+        prep_path.write_text(json.dumps(prep, indent=2), encoding="utf-8")
     tmp.replace(out) if not out.exists() else (out.rmdir(), tmp.replace(out))
     print(f"merged {fold_dir} into {out}", file=sys.stderr)
     return out
