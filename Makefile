@@ -28,7 +28,8 @@ DEMO_FOLDS ?= 1 2
 DEMO_TRAIN_FLAGS ?=
 DEMO_PREDICT_FLAGS ?= --tta --batch_size 64
 DEMO_ENSEMBLE_FLAGS ?=
-ACCELERATE_CPU := $(VENV)/bin/accelerate launch --config_file accelerate_configs/cpu.yaml
+DEMO_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
+ACCELERATE_CPU := $(VENV)/bin/accelerate launch --config_file accelerate_configs/cpu.yaml --num_cpu_threads_per_process $(DEMO_THREADS)
 DEMO_RUN := $(DEMO_RUNS)/$(notdir $(TINY_MODEL))
 # Everything the demo needs is on disk: never ask a model hub.
 DEMO_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false HF_DATASETS_OFFLINE=1
