@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from mcvqa.errors import UserError, report_user_errors
+from mcvqa.errors import UserError, argument_errors, report_user_errors
 from mcvqa.io import write_csv, write_json
 
 
@@ -107,7 +107,8 @@ def main(args: EnsembleArguments):
 def cli(argv=None):
     from mcvqa.ensemble import parse_args
 
-    (args,) = parse_args([EnsembleArguments], argv)
+    with argument_errors():
+        (args,) = parse_args([EnsembleArguments], argv)
     return main(args)
 
 

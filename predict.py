@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcvqa.cli import parse_args
-from mcvqa.errors import UserError, collect, report_user_errors
+from mcvqa.errors import UserError, argument_errors, collect, report_user_errors
 
 
 @dataclass
@@ -69,7 +69,10 @@ def load_fold(fold_dir, precision):
 
     config = json.loads((fold_dir / "train_config.json").read_text())
     m = config["model"]
-    check_model_folder(m["model_name_or_path"], m["trust_remote_code"])
+    try:
+        check_model_folder(m["model_name_or_path"], m["trust_remote_code"])
+    except UserError as err:
+        raise UserError(f"{fold_dir / 'train_config.json'}: the fold's base model: {err}") from None
     processor = load_processor(m["model_name_or_path"], m["min_pixels"], m["max_pixels"], m["trust_remote_code"])
     is_adapter = (fold_dir / "adapter_config.json").is_file()
     model, _ = load_model(
@@ -95,7 +98,8 @@ def main(argv=None):
     from mcvqa.scoring import predict_probs
     from mcvqa.tta import average, named_views
 
-    (args, _given) = parse_args((PredictArguments,), argv)
+    with argument_errors():
+        (args, _given) = parse_args((PredictArguments,), argv)
     # ---- Arguments and data: all checked before a model loads or a file is written ------------------
     problems = []
     try:

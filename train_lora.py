@@ -13,15 +13,21 @@ Every transformers TrainingArguments flag passes through (--learning_rate, --num
 """
 
 import dataclasses
+import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import transformers
 from transformers import TrainingArguments
 
 from mcvqa.cli import parse_args
-from mcvqa.errors import UserError, collect, report_user_errors
+from mcvqa.errors import UserError, argument_errors, collect, report_user_errors
+
+# --gradient_checkpointing stays this tool's flag; transformers 5 warns that it is an alias on every run.
+warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing", category=FutureWarning)
 
 
 @dataclass
@@ -112,6 +118,17 @@ def check_args(model_args, data_args, args):
     collect(problems, "invalid arguments:")
 
 
+def check_writable(output_root):
+    """Refuse an output folder that cannot be created or written, before anything is written."""
+    parent = Path(output_root).absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--output_dir {output_root}: cannot create it, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--output_dir {output_root}: {parent} is not writable (choose another --output_dir)")
+
+
 def last_complete_checkpoint(checkpoints_dir):
     """The newest checkpoint that finished writing (trainer_state.json is saved last), or None."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -141,14 +158,16 @@ def main(argv=None):
 
     started = time.time()
     # ---- Arguments -------------------------------------------------------------------------------
-    model_args, data_args, args, given = parse_args(
-        (ModelArguments, DataArguments, TrainingArguments), argv, defaults=TRAINING_DEFAULTS)
+    with argument_errors():
+        model_args, data_args, args, given = parse_args(
+            (ModelArguments, DataArguments, TrainingArguments), argv, defaults=TRAINING_DEFAULTS)
     if data_args.full_train:
         data_args.fold = -1
     check_args(model_args, data_args, args)
     output_root = Path(args.output_dir if "output_dir" in given else Path("runs") / short_name(model_args.model_name_or_path))
     fold_name = "full" if data_args.fold == -1 else f"fold{data_args.fold}"
     fold_dir = output_root / fold_name
+    check_writable(output_root)
     templates = parse_templates(data_args.templates_by_type)
 
     # ---- Data ------------------------------------------------------------------------------------
@@ -166,6 +185,8 @@ def main(argv=None):
         eval_df = val_df.sample(n=data_args.max_eval_samples, random_state=args.seed)
 
     # ---- Model -----------------------------------------------------------------------------------
+    # Seeded before the model is built: LoRA's initial weights come from the global RNG.
+    transformers.set_seed(args.seed)
     processor = load_processor(model_args.model_name_or_path, model_args.min_pixels, model_args.max_pixels,
                                model_args.trust_remote_code)
     model, precision = load_model(

@@ -1,5 +1,6 @@
 """User-facing errors: one clear line and exit status 2, never a traceback."""
 
+import contextlib
 import functools
 import sys
 
@@ -16,7 +17,10 @@ def report_user_errors(main):
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            first, *rest = str(err).splitlines() or [type(err).__name__]
+            # One `error:` line; any further lines indented under it.
+            rest = [line if line.startswith(" ") else f"  {line}" for line in rest if line.strip()]
+            print("\n".join([f"error: {first}", *rest]), file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper
@@ -27,3 +31,31 @@ def collect(problems, header=None):
     if problems:
         lines = ([header] if header else []) + [f"  - {p}" for p in problems]
         raise UserError("\n".join(lines) if len(lines) > 1 else lines[0])
+
+
+@contextlib.contextmanager
+def argument_errors():
+    """Flag problems found while parsing (a bad value, an unknown flag, a TrainingArguments check) as one
+    UserError instead of argparse's usage dump or a ValueError traceback."""
+    import argparse
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+    original = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = error
+    try:
+        yield
+    except ValueError as err:
+        message = str(err).strip() or "invalid arguments"
+        unused = "Some specified arguments are not used by the HfArgumentParser: "
+        if message.startswith(unused):  # HfArgumentParser's wording for unknown flags
+            import ast
+
+            try:
+                message = "unknown arguments: " + " ".join(ast.literal_eval(message[len(unused):]))
+            except (ValueError, SyntaxError, TypeError):
+                pass
+        raise UserError(f"{message} (see --help)") from None
+    finally:
+        argparse.ArgumentParser.error = original

@@ -73,16 +73,35 @@ def short_name(name_or_path):
 
 def check_model_folder(name_or_path, trust_remote_code=False):
     """Refuse early (before any weights load) a folder that is not a Qwen-VL model."""
+    import os
+    from pathlib import Path
+
     from transformers import AutoConfig
 
+    path = Path(os.path.expanduser(str(name_or_path)))
+    looks_local = path.is_absolute() or str(name_or_path).startswith((".", "~")) or len(path.parts) > 2
+    if not path.exists() and looks_local:
+        raise UserError(f"--model_name_or_path {name_or_path}: folder not found")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--model_name_or_path {name_or_path}: is a file; expected a model folder or a hub id")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(f"--model_name_or_path {name_or_path}: no config.json in this folder (not a saved model)")
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not path.exists() and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+            first = "not a local folder, and not in the Hugging Face cache while HF_HUB_OFFLINE is set"
         raise UserError(f"--model_name_or_path {name_or_path}: cannot load a model config ({first})") from None
     if config.model_type not in QWEN_VL_TYPES:
         raise UserError(f"--model_name_or_path {name_or_path}: model type '{config.model_type}' is not a Qwen-VL "
                         f"model (expected one of {', '.join(QWEN_VL_TYPES)})")
+    if path.is_dir() and not any(path.glob("*.safetensors")):
+        legacy = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        found = f" (found only {', '.join(legacy[:3])})" if legacy else ""
+        raise UserError(f"--model_name_or_path {name_or_path}: no .safetensors weights{found}. Only safetensors are "
+                        "loaded (pickled .bin files can run code); convert it once with save_pretrained("
+                        "safe_serialization=True) in a trusted environment")
     return config
 
 
