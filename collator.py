@@ -58,8 +58,9 @@ def fit_pixels(height, width, factor, min_pixels, max_pixels):
 class ImageEncoder:
     """Open, resize within the pixel budget and normalise an image once per (path, scale, flip)."""
 
-    def __init__(self, image_processor, min_pixels, max_pixels, cache=True):
+    def __init__(self, image_processor, min_pixels, max_pixels, cache=True, blank=False):
         self.image_processor = image_processor
+        self.blank = blank
         self.factor = resize_factor(image_processor)
         self.min_pixels = int(min_pixels)
         self.max_pixels = int(max_pixels)
@@ -76,6 +77,9 @@ class ImageEncoder:
             image = ImageOps.mirror(image)
         h, w = fit_pixels(image.height * math.sqrt(scale), image.width * math.sqrt(scale), self.factor,
                           self.min_pixels * scale, self.max_pixels * scale)
+        if self.blank:
+            # Ablation: the same number of image tokens, no information in them.
+            return Image.new("RGB", (w, h), (128, 128, 128))
         return image.resize((w, h), Image.BICUBIC) if (h, w) != (image.height, image.width) else image
 
     def __call__(self, path, scale=1.0, flip=False):
@@ -104,10 +108,11 @@ class MCVQACollator:
 
     def __init__(self, processor, min_pixels, max_pixels, train=True, supervise_eos=False, shuffle_choices=False,
                  template=None, templates_by_type=None, max_length=None, mm_token_type_ids=None, seed=0,
-                 cache_images=True):
+                 cache_images=True, blank_images=False):
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.images = ImageEncoder(processor.image_processor, min_pixels, max_pixels, cache=cache_images)
+        self.images = ImageEncoder(processor.image_processor, min_pixels, max_pixels, cache=cache_images,
+                                   blank=blank_images)
         self.merge = processor.image_processor.merge_size
         self.train = train
         self.supervise_eos = supervise_eos

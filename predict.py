@@ -130,6 +130,7 @@ def main(argv=None):
         m, d = config["model"], config["data"]
         collator = MCVQACollator(processor, min_pixels=m["min_pixels"], max_pixels=m["max_pixels"], train=False,
                                  template=d["prompt_template"], max_length=d["max_length"],
+                                 blank_images=d.get("blank_images", False),
                                  templates_by_type=__import__("train_lora").parse_templates(d["templates_by_type"]))
         letter_ids = option_letter_ids(processor.tokenizer)
         jobs = [("test", test_df)]
@@ -140,10 +141,14 @@ def main(argv=None):
         for kind, df in jobs:
             rows = df.to_dict("records")
             shard = list(range(state.process_index, len(rows), state.num_processes))
-            per_view = predict_probs(model, collator, [rows[i] for i in shard], letter_ids, views,
-                                     batch_size=args.batch_size, device=state.device, dtype=autocast,
-                                     progress=args.progress and state.is_main_process,
-                                     desc=f"{fold_dir.name} {kind}")
+            try:
+                per_view = predict_probs(model, collator, [rows[i] for i in shard], letter_ids, views,
+                                         batch_size=args.batch_size, device=state.device, dtype=autocast,
+                                         progress=args.progress and state.is_main_process,
+                                         desc=f"{fold_dir.name} {kind}")
+            except torch.cuda.OutOfMemoryError:
+                raise UserError(f"{fold_dir}: out of memory even at --batch_size 1: use --precision bf16 (or fp16 "
+                                "on a T4), a GPU with more memory, or a fold trained with a smaller --max_pixels") from None
             per_view = gather_shards(per_view, shard, len(rows), state)
             if not state.is_main_process:
                 continue

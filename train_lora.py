@@ -74,6 +74,10 @@ class DataArguments:
     report: bool = field(default=False, metadata={"help": "Write PNG plots and report.md for the fold."})
     max_train_samples: int = field(default=None, metadata={"help": "Use only this many training rows (quick runs)."})
     max_eval_samples: int = field(default=None, metadata={"help": "Evaluate during training on at most this many rows."})
+    time_budget_minutes: float = field(default=None, metadata={
+        "help": "Stop training after this many minutes (then evaluate and save as usual): fits Kaggle's limits."})
+    blank_images: bool = field(default=False, metadata={
+        "help": "Ablation: replace every image by a grey one, to measure what the text alone allows."})
 
 
 # Defaults for this task; a YAML --config or the command line overrides each of them.
@@ -129,6 +133,20 @@ def check_writable(output_root):
         raise UserError(f"--output_dir {output_root}: {parent} is not writable (choose another --output_dir)")
 
 
+def load_full_checkpoint(model, checkpoint):
+    """Put a full fine-tune checkpoint's weights into `model` before the Trainer resumes from it.
+
+    The Trainer's own reload matches almost no key of a full Qwen-VL checkpoint (saved under the hub's
+    names) and would silently resume from the base weights; from_pretrained does the key renaming.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    state = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype="auto", use_safetensors=True).state_dict()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {checkpoint} does not match the model: {missing[:3]} {unexpected[:3]}")
+
+
 def last_complete_checkpoint(checkpoints_dir):
     """The newest checkpoint that finished writing (trainer_state.json is saved last), or None."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -154,7 +172,7 @@ def main(argv=None):
     from mcvqa.io import write_csv, write_json
     from mcvqa.modeling import check_model_folder, load_model, load_processor, short_name
     from mcvqa.scoring import metrics_from_logits, softmax
-    from mcvqa.trainer import FoldProgress, MCVQATrainer, make_compute_metrics
+    from mcvqa.trainer import FoldProgress, MCVQATrainer, TimeBudget, make_compute_metrics
 
     started = time.time()
     # ---- Arguments -------------------------------------------------------------------------------
@@ -198,7 +216,8 @@ def main(argv=None):
     letter_ids = option_letter_ids(processor.tokenizer)
     collator_kwargs = dict(min_pixels=model_args.min_pixels, max_pixels=model_args.max_pixels,
                            supervise_eos=data_args.supervise_eos, template=data_args.prompt_template,
-                           templates_by_type=templates, max_length=data_args.max_length, seed=args.seed)
+                           templates_by_type=templates, max_length=data_args.max_length, seed=args.seed,
+                           blank_images=data_args.blank_images)
     train_collator = MCVQACollator(processor, shuffle_choices=data_args.shuffle_choices, **collator_kwargs)
     eval_collator = MCVQACollator(processor, **collator_kwargs)
     eval_collator.images = train_collator.images  # one image cache for both
@@ -207,8 +226,11 @@ def main(argv=None):
 
     # ---- Trainer ---------------------------------------------------------------------------------
     args = configure_training_args(args, fold_dir, precision, has_eval=data_args.fold != -1,
+                                   full_finetune=model_args.full_finetune,
                                    run_name=f"{short_name(model_args.model_name_or_path)}-{fold_name}")
     callbacks = [FoldProgress()]
+    if data_args.time_budget_minutes:
+        callbacks.append(TimeBudget(data_args.time_budget_minutes))
     if data_args.fold != -1 and data_args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
     trainer = MCVQATrainer(
@@ -222,7 +244,11 @@ def main(argv=None):
     resume_from = last_complete_checkpoint(args.output_dir) if data_args.resume else None
     if data_args.resume and resume_from is None and state.is_main_process:
         print(f"--resume: no complete checkpoint in {args.output_dir}; starting from the beginning", file=sys.stderr)
+    if resume_from and model_args.full_finetune:
+        load_full_checkpoint(trainer.model, resume_from)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
+    if model_args.full_finetune and data_args.fold != -1:
+        reload_best(trainer, precision)
 
     # ---- Save ------------------------------------------------------------------------------------
     trainer.save_model(str(fold_dir))
@@ -259,6 +285,20 @@ def main(argv=None):
     return metrics
 
 
+def reload_best(trainer, precision):
+    """Load the best checkpoint's full weights (by the eval metric) back into the trained model."""
+    from transformers import AutoModelForImageTextToText
+
+    best = trainer.state.best_model_checkpoint
+    if not best or not Path(best).is_dir():
+        return
+    state = AutoModelForImageTextToText.from_pretrained(best, dtype="auto").state_dict()
+    missing, unexpected = trainer.model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"best checkpoint {best} does not match the model: {missing[:3]} {unexpected[:3]}")
+    print(f"loaded the best checkpoint {best}", file=sys.stderr)
+
+
 def parse_templates(text):
     if not text:
         return None
@@ -273,7 +313,7 @@ def parse_templates(text):
     return value
 
 
-def configure_training_args(args, fold_dir, precision, has_eval, run_name):
+def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_finetune=False):
     """Point the Trainer at the fold folder and apply the resolved precision and evaluation plan."""
     import importlib.util
 
@@ -281,6 +321,10 @@ def configure_training_args(args, fold_dir, precision, has_eval, run_name):
                    run_name=args.run_name or run_name)
     if not has_eval:
         updates.update(eval_strategy="no", load_best_model_at_end=False)
+    elif full_finetune and args.load_best_model_at_end:
+        # The Trainer reloads a full Qwen-VL checkpoint without its key renaming (weights silently kept
+        # as they are); reload_best() does it through from_pretrained instead.
+        updates.update(load_best_model_at_end=False, save_strategy=args.eval_strategy)
     if args.report_to in (None, [], ["none"], "none") and importlib.util.find_spec("tensorboard") is not None:
         updates["report_to"] = ["tensorboard"]
     if args.use_cpu or not __import__("torch").cuda.is_available():

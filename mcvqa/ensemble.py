@@ -452,7 +452,9 @@ def discover_models(output_dir, files=None):
                 f"output folder {output_dir} does not exist: run train_lora.py and predict.py first "
                 f"(or pass --output_dir / --files)"
             )
-        paths = sorted(set(output_dir.glob("*/*/test_probs.csv")) | set(output_dir.glob("*/*/*/test_probs.csv")))
+        # OUTPUT_DIR may be one run folder (runs/<model>) or a folder of runs (runs/).
+        paths = sorted(set(output_dir.glob("*/test_probs.csv")) | set(output_dir.glob("*/*/test_probs.csv"))
+                       | set(output_dir.glob("*/*/*/test_probs.csv")))
         paths = [p for p in paths if _FOLD_RE.match(p.parent.name)]
         if not paths:
             raise UserError(
@@ -467,6 +469,8 @@ def discover_models(output_dir, files=None):
                 name = run.resolve().relative_to(output_dir.resolve()).as_posix()
             except ValueError:
                 name = run.as_posix()
+            if name == ".":
+                name = run.resolve().name
         else:
             name = p.as_posix()
         model = groups.setdefault(name, Model(name=name))

@@ -149,7 +149,8 @@ def language_lora_targets(lora_vision=False):
 
 def load_model(name_or_path, precision="auto", quantization="none", attn_implementation="auto",
                full_finetune=False, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_vision=False,
-               gradient_checkpointing=True, adapter_path=None, trust_remote_code=False, device_index=None):
+               gradient_checkpointing=True, adapter_path=None, trust_remote_code=False, device_index=None,
+               batched_vision_attention=True):
     """AutoModelForImageTextToText (+ bitsandbytes quantisation) (+ LoRA or a saved adapter)."""
     import torch
     from transformers import AutoModelForImageTextToText
@@ -170,6 +171,10 @@ def load_model(name_or_path, precision="auto", quantization="none", attn_impleme
         # Under DDP every rank holds its own copy on its own GPU; "auto" would collapse DDP to one process.
         kwargs["device_map"] = {"": device_index or 0}
     model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    if batched_vision_attention:
+        from mcvqa.fast_vision import patch_vision_attention
+
+        patch_vision_attention(model)
     if quantization != "none":
         from peft import prepare_model_for_kbit_training
 

@@ -115,3 +115,25 @@ class FoldProgress(TrainerCallback):
             acc, ll = metrics.get("eval_accuracy"), metrics.get("eval_log_loss")
             if acc is not None:
                 print(f"  epoch {state.epoch:.2f} | eval acc {acc:.3f} | logloss {ll:.3f}", flush=True)
+
+
+class TimeBudget(TrainerCallback):
+    """Stop after a wall-clock budget; the Trainer then evaluates and saves as at a normal end."""
+
+    def __init__(self, minutes):
+        self.seconds = 60 * minutes
+        self.deadline = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import time
+
+        self.deadline = time.time() + self.seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        if self.deadline is not None and time.time() >= self.deadline:
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"
+            control.should_save = True
+        return control
