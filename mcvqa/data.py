@@ -133,7 +133,7 @@ def _read_csv(path):
         problems.append(f"{path}: header has an empty column name (column {header.index('') + 1})")
     if ragged:
         problems.append(
-            f"{path}: {_plural(len(ragged), 'row')} do not have {len(header)} fields like the header: "
+            f"{path}: {_plural(len(ragged), 'row does', 'rows do')} not have {len(header)} fields like the header: "
             f"{_listing(ragged)}"
         )
     if not rows and not ragged:

@@ -479,10 +479,13 @@ def test_bad_input_fails_cleanly(name, bad_input_results):
 
 # ----------------------------------------------------------------------------------------- 2. kill and resume
 
-KILL_ARGS = ["--full_finetune", "--max_train_samples", "48", "--per_device_train_batch_size", "2",
+KILL_ARGS = ["--full_finetune", "--max_train_samples", "30", "--per_device_train_batch_size", "2",
              "--max_eval_samples", "8", "--save_strategy", "steps", "--save_steps", "5", "--eval_strategy", "steps",
              "--eval_steps", "5", "--seed", "0", "--early_stopping_patience", "0", "--save_total_limit", "3"]
-RESUME_TOL = 1e-5  # fp32 on CPU, same kernels and batch order: resumption is exact up to float summation noise
+# fp32 on CPU: the checkpoint restores weights, optimizer, scheduler and RNG states and the Trainer skips the
+# batches already seen, so resumption is bit-exact here (observed max diff 0). The 1e-6 margin only allows for
+# a different BLAS thread split between the subprocess and this process changing a summation order.
+RESUME_TOL = 1e-6
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model, easy_vqa_dir, tmp_path):
@@ -508,20 +511,27 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model, easy_vqa_di
     assert proc.returncode == -signal.SIGKILL
     assert not (killed_out / "fold1" / "oof.csv").exists()
     done = {int(p.parent.name.split("-")[1]) for p in ckpts.glob("checkpoint-*/trainer_state.json")}
-    assert done and max(done) < 24, f"killed too late: {sorted(done)} of 24 steps"
+    assert done and max(done) < 15, f"killed too late: {sorted(done)} of 15 steps"
 
     resumed = subprocess.run(cmd + ["--resume"], cwd=REPO, env={**ENV, "OMP_NUM_THREADS": "2"},
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     state = json.loads((killed_out / "fold1" / "trainer_state.json").read_text())
-    assert state["global_step"] == 24
+    assert state["global_step"] == 15
 
     reference_out = tmp_path / "uninterrupted"
     train_lora.main(train_args(tiny_model, easy_vqa_dir, reference_out, *KILL_ARGS))
     a, b = oof_probs(killed_out / "fold1"), oof_probs(reference_out / "fold1")
     assert a["id"].tolist() == b["id"].tolist()
     diff = np.abs(a[list("abcd")].to_numpy() - b[list("abcd")].to_numpy()).max()
+    print(f"killed after checkpoint(s) {sorted(done)}; resumed vs uninterrupted OOF max abs diff {diff:.3g}")
     assert diff <= RESUME_TOL, f"resumed run differs from the uninterrupted one by {diff:.3g}"
+    # Not only the kept model: every evaluation after the kill matches too (the weights, optimizer and
+    # data order really were restored; a resume from the base weights once passed the OOF check alone).
+    evals = [{h["step"]: h["eval_loss"] for h in json.loads((o / "fold1" / "trainer_state.json").read_text())[
+        "log_history"] if "eval_loss" in h} for o in (killed_out, reference_out)]
+    assert evals[0].keys() == evals[1].keys() == {5, 10, 15}
+    assert max(abs(evals[0][k] - evals[1][k]) for k in evals[0]) <= RESUME_TOL, evals
 
 
 def test_half_written_checkpoint_is_never_resumed_from(tmp_path):
@@ -693,9 +703,13 @@ def test_models_load_from_safetensors_only(tiny_model, monkeypatch, tmp_path):
 
 def test_no_torch_load_without_weights_only():
     offenders = []
-    for path in REPO.rglob("*.py"):
-        if {".venv", ".git", "site-packages"} & set(path.parts):
-            continue
+    skip = {"site-packages", "__pycache__", "runs", "node_modules"}
+    paths = []
+    for folder, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in skip and not d.startswith(".")]  # .venv, .git, caches
+        paths += [Path(folder) / f for f in files if f.endswith(".py")]
+    assert REPO / "train_lora.py" in paths and REPO / "mcvqa" / "modeling.py" in paths
+    for path in paths:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "torch" and any(a.name == "load" for a in node.names):
@@ -719,3 +733,42 @@ def test_offline_with_a_local_folder(tiny_model):
     assert check_model_folder(tiny_model).model_type == "qwen2_5_vl"  # local folder: fine offline
     with pytest.raises(UserError, match="HF_HUB_OFFLINE"):  # a hub id offline: one clear line, no network wait
         check_model_folder("someone/not-cached-model")
+
+
+# ----------------------------------------------------------------------------------------- out of memory in predict
+
+
+def test_predict_backs_off_on_out_of_memory_then_fails_cleanly(small_run, easy_vqa_dir, monkeypatch, capsys):
+    import torch
+
+    import mcvqa.scoring
+    import predict
+
+    original, calls = mcvqa.scoring.score_batch, []
+
+    def oom_once(model, batch, letter_ids):
+        calls.append(len(batch["input_ids"]))
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(model, batch, letter_ids)
+
+    monkeypatch.setattr(mcvqa.scoring, "score_batch", oom_once)
+    predict.main(["--output_dir", str(small_run), "--data_dir", str(easy_vqa_dir), "--progress", "false",
+                  "--batch_size", "16"])
+    assert "out of memory: retrying with --batch_size 8" in capsys.readouterr().err
+    assert calls[:2] == [16, 8]
+    assert len(read_ids := pd.read_csv(small_run / "fold1" / "test_probs.csv")) == 24 and read_ids["id"].is_unique
+    (small_run / "fold1" / "test_probs.csv").unlink()
+
+    def always_oom(model, batch, letter_ids):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(mcvqa.scoring, "score_batch", always_oom)
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--output_dir", str(small_run), "--data_dir", str(easy_vqa_dir), "--progress", "false",
+                      "--batch_size", "2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "out of memory: retrying with --batch_size 1" in err
+    assert first_error_ok(err[err.index("error:"):]) and "out of memory even at --batch_size 1" in err
+    assert not (small_run / "fold1" / "test_probs.csv").exists()
