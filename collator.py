@@ -101,6 +101,7 @@ class Encoded:
     labels: list
     pixel_values: torch.Tensor
     grid_thw: torch.Tensor
+    position_ids: torch.Tensor = None
 
 
 class MCVQACollator:
@@ -108,7 +109,7 @@ class MCVQACollator:
 
     def __init__(self, processor, min_pixels, max_pixels, train=True, supervise_eos=False, shuffle_choices=False,
                  template=None, templates_by_type=None, max_length=None, mm_token_type_ids=None, seed=0,
-                 cache_images=True, blank_images=False):
+                 cache_images=True, blank_images=False, position_fn=None):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.images = ImageEncoder(processor.image_processor, min_pixels, max_pixels, cache=cache_images,
@@ -127,6 +128,9 @@ class MCVQACollator:
         self.with_mm_token_type_ids = mm_token_type_ids
         self.rng = random.Random(seed)
         self._text_cache = {}
+        # M-RoPE positions of one row depend only on its own tokens: computed once per row (see rope_positions).
+        self.position_fn = position_fn
+        self._position_cache = {}
 
     # -- text ---------------------------------------------------------------------------------------
     def _template_for(self, row):
@@ -182,7 +186,13 @@ class MCVQACollator:
         if self.max_length and len(ids) > self.max_length:
             raise UserError(f"row id {row.get('id')}: {len(ids)} tokens exceed --max_length {self.max_length}; "
                             "it would cut into the image or the answer: lower --max_pixels or raise --max_length")
-        return Encoded(ids, labels, pixel_values, grid)
+        positions = None
+        if self.position_fn is not None:
+            key = (tuple(ids), tuple(grid.tolist()))
+            positions = self._position_cache.get(key)
+            if positions is None:
+                positions = self._position_cache[key] = self.position_fn(ids, grid)
+        return Encoded(ids, labels, pixel_values, grid, positions)
 
     def prepare(self, rows, views=(identity,)):
         """Warm the caches (images decoded and resized, prompts tokenised) before training forks workers."""
@@ -210,6 +220,12 @@ class MCVQACollator:
         }
         if self.with_mm_token_type_ids:
             batch["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
+        if self.position_fn is not None:
+            # Left padding: padded slots hold 1, as the model's own get_rope_index leaves them.
+            positions = torch.ones((3, len(encoded), width), dtype=torch.long)
+            for i, e in enumerate(encoded):
+                positions[:, i, width - len(e.input_ids):] = e.position_ids
+            batch["position_ids"] = positions
         batch["answer_index"] = answer_index(labels)
         if (labels != -100).any():
             batch["labels"] = labels
@@ -250,6 +266,34 @@ def option_letter_ids(tokenizer):
     if len(set(flat)) != len(flat):
         raise RuntimeError("option letters share tokens in this tokenizer")
     return ids
+
+
+def rope_positions(model, image_token_id):
+    """A function (ids, grid) -> (3, L) M-RoPE positions, computed by the model's own `get_rope_index`.
+
+    The model would otherwise recompute them for every batch with a Python loop over rows (many small
+    device operations and syncs per step); a row's positions never change, so the collator caches them.
+    Returns None when the model has no `get_rope_index`.
+    """
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(inner, "model", inner)
+    fn = getattr(inner, "get_rope_index", None)
+    if fn is None:
+        return None
+    accepted = inspect.signature(fn).parameters
+
+    def positions(ids, grid):
+        ids_t = torch.tensor([ids])
+        kwargs = {"input_ids": ids_t, "image_grid_thw": grid.view(1, 3), "attention_mask": torch.ones_like(ids_t)}
+        if "mm_token_type_ids" in accepted:
+            kwargs["mm_token_type_ids"] = (ids_t == image_token_id).long()
+        with torch.no_grad():
+            pos, _ = fn(**kwargs)
+        return pos[:, 0].cpu()
+
+    return positions
 
 
 def batch_lengths(collator, rows):

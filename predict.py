@@ -90,7 +90,7 @@ def main(argv=None):
     import torch
     from accelerate import PartialState
 
-    from collator import MCVQACollator, option_letter_ids
+    from collator import MCVQACollator, option_letter_ids, rope_positions
     from mcvqa import LETTERS
     from mcvqa.data import load_split
     from mcvqa.io import write_csv
@@ -132,6 +132,7 @@ def main(argv=None):
                                  template=d["prompt_template"], max_length=d["max_length"],
                                  blank_images=d.get("blank_images", False),
                                  templates_by_type=__import__("train_lora").parse_templates(d["templates_by_type"]))
+        collator.position_fn = rope_positions(model, collator.image_token_id)
         letter_ids = option_letter_ids(processor.tokenizer)
         jobs = [("test", test_df)]
         if score_oof and (fold_dir / "oof.csv").is_file():

@@ -166,7 +166,7 @@ def main(argv=None):
     from accelerate import PartialState
     from transformers import EarlyStoppingCallback
 
-    from collator import MCVQACollator, option_letter_ids
+    from collator import MCVQACollator, option_letter_ids, rope_positions
     from mcvqa import LETTERS
     from mcvqa.data import assign_folds, load_split, to_dataset
     from mcvqa.io import write_csv, write_json
@@ -221,6 +221,7 @@ def main(argv=None):
     train_collator = MCVQACollator(processor, shuffle_choices=data_args.shuffle_choices, **collator_kwargs)
     eval_collator = MCVQACollator(processor, **collator_kwargs)
     eval_collator.images = train_collator.images  # one image cache for both
+    train_collator.position_fn = eval_collator.position_fn = rope_positions(model, train_collator.image_token_id)
     train_collator.prepare(fit_df.to_dict("records"))
     eval_collator.prepare(val_df.to_dict("records"))
 
@@ -231,7 +232,7 @@ def main(argv=None):
     callbacks = [FoldProgress()]
     if data_args.time_budget_minutes:
         callbacks.append(TimeBudget(data_args.time_budget_minutes))
-    if data_args.fold != -1 and data_args.early_stopping_patience > 0:
+    if data_args.fold != -1 and data_args.early_stopping_patience > 0 and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
     trainer = MCVQATrainer(
         model=model, args=args, data_collator=train_collator, eval_collator=eval_collator,
@@ -317,6 +318,8 @@ def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_
     """Point the Trainer at the fold folder and apply the resolved precision and evaluation plan."""
     import importlib.util
 
+    # The resolved precision wins over an accelerate config's mixed_precision (e.g. fp16 on the T4 config).
+    os.environ["ACCELERATE_MIXED_PRECISION"] = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
     updates = dict(output_dir=str(fold_dir / "checkpoints"), bf16=precision == "bf16", fp16=precision == "fp16",
                    run_name=args.run_name or run_name)
     if not has_eval:

@@ -10,7 +10,7 @@ import torch
 
 from mcvqa.tta import to_original, view_order
 
-MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids", "position_ids")
 
 
 def answer_logits(model, batch, n_positions=1):
