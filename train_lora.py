@@ -333,6 +333,12 @@ def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_
     if args.use_cpu or not __import__("torch").cuda.is_available():
         updates["dataloader_pin_memory"] = False
     args = dataclasses.replace(args, **updates)
+    if args.n_gpu > 1:
+        # One process that sees several GPUs makes the Trainer wrap the model in nn.DataParallel, whose
+        # replicas break Qwen-VL (StopIteration on visual.dtype). Data parallel goes through accelerate.
+        print(f"{args.n_gpu} GPUs visible to one process: training on one. For data parallel use "
+              "accelerate launch --config_file accelerate_configs/dual_t4.yaml train_lora.py ...", file=sys.stderr)
+        args._n_gpu = 1
     return args
 
 

@@ -5,13 +5,13 @@
 set -u
 source bench/gpu_env.sh
 export OMP_NUM_THREADS=4 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-python3 data/prepare_easy_vqa.py --out /tmp/evqa --n_train 24000 --n_test 200 >/dev/null || exit 1
+[ -f /tmp/evqa/train.csv ] || python3 data/prepare_easy_vqa.py --out /tmp/evqa --n_train 24000 --n_test 200 >/dev/null || exit 1
 python3 tools/make_tiny_model.py --arch qwen2_5_vl --out /tmp/m256 --hidden_size 256 --num_layers 4 \
     --vision_hidden_size 128 --vision_depth 4 >/dev/null 2>&1 || exit 1
 args="--config bench/learning.yaml --data_dir /tmp/evqa --model_name_or_path /tmp/m256 --fold 1 --n_folds 5 \
   --max_steps 300 --eval_strategy no --save_strategy no --learning_rate 3e-4 --max_pixels 12544 --min_pixels 12544"
-python3 train_lora.py $args --output_dir /tmp/runs/one > $OUT/ddp_one.log 2>&1
-accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
+[ -f /tmp/runs/one/fold1/metrics.json ] || CUDA_VISIBLE_DEVICES=0 python3 train_lora.py $args --output_dir /tmp/runs/one > $OUT/ddp_one.log 2>&1
+[ -f /tmp/runs/two/fold1/metrics.json ] || accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
   train_lora.py $args --output_dir /tmp/runs/two > $OUT/ddp_two.log 2>&1
 python3 - <<'PY'
 import json, os, pandas as pd
