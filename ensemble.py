@@ -105,10 +105,10 @@ def main(args: EnsembleArguments):
 
 @report_user_errors
 def cli(argv=None):
-    from mcvqa.ensemble import parse_args
+    from mcvqa.cli import parse_args
 
     with argument_errors():
-        (args,) = parse_args([EnsembleArguments], argv)
+        (args, _given) = parse_args([EnsembleArguments], argv)
     return main(args)
 
 

@@ -7,7 +7,6 @@ together for the script. Labels are ints 0-3 for the letters a-d (`mcvqa.LETTERS
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -33,74 +32,6 @@ SPACES = ("prob", "logprob")
 # --------------------------------------------------------------------------------------------------
 # Command line: HfArgumentParser + `--config file.yaml`
 # --------------------------------------------------------------------------------------------------
-
-
-def parse_args(dataclass_types, argv=None):
-    """Parse `argv` into one instance per dataclass, with `--config file.yaml` supplying defaults.
-
-    The YAML file is a mapping of field names to values; they replace the dataclass defaults and
-    anything given on the command line overrides them. Unknown YAML keys, an unreadable file or
-    unknown flags raise `UserError`. Returns a tuple of dataclass instances (in the given order).
-    """
-    import sys
-
-    from transformers import HfArgumentParser
-
-    if dataclasses.is_dataclass(dataclass_types):
-        dataclass_types = [dataclass_types]
-    dataclass_types = list(dataclass_types)
-    argv = list(sys.argv[1:] if argv is None else argv)
-
-    config_path, rest = None, []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config":
-            if i + 1 >= len(argv):
-                raise UserError("--config needs a YAML file path")
-            config_path = argv[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--config="):
-            config_path = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-        i += 1
-
-    parser = HfArgumentParser(dataclass_types)
-    if config_path is not None:
-        config = _read_config(config_path)
-        known = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)}
-        unknown = sorted(set(config) - known)
-        collect(
-            [f"unknown key {k!r}" for k in unknown],
-            f"{config_path}: keys must be flag names ({', '.join(sorted(known))})",
-        )
-        for action in parser._actions:
-            if action.dest in config:
-                action.required = False
-        parser.set_defaults(**config)
-    try:
-        return tuple(parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False))
-    except ValueError as err:  # unknown flags, or a dataclass __post_init__ complaining
-        raise UserError(str(err)) from None
-
-
-def _read_config(path):
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UserError(f"could not read config file {path}: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must be a mapping of flag names to values")
-    return data
 
 
 # --------------------------------------------------------------------------------------------------

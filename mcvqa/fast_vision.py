@@ -9,7 +9,6 @@ Other cases fall through to the original code, so results never change, only the
 
 import sys
 
-import torch
 import torch.nn.functional as F
 
 _PATCHED = "_mcvqa_original_forward"

@@ -3,7 +3,6 @@
 import csv
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd

@@ -114,3 +114,12 @@ def test_accelerate_configs_load(config):
     loaded = load_config_from_file(str(config))
     assert loaded.num_processes >= 1
     assert config.read_text().startswith("#"), "each accelerate config starts with a comment saying when to use it"
+
+
+def test_yaml_value_outside_a_flags_choices_fails(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("quantization: 3bit\nprecision: fp8\n")
+    with pytest.raises(UserError) as err:
+        parse(bad)
+    assert "quantization: '3bit' is not one of 4bit, 8bit, none" in str(err.value)
+    assert "precision: 'fp8'" in str(err.value)
