@@ -23,7 +23,6 @@ import math
 import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -294,8 +293,3 @@ def rope_positions(model, image_token_id):
         return pos[:, 0].cpu()
 
     return positions
-
-
-def batch_lengths(collator, rows):
-    """Sequence length of each row (for length-sorted scoring batches)."""
-    return np.array([len(collator.encode(r).input_ids) for r in rows])

@@ -117,8 +117,6 @@ def check_args(model_args, data_args, args):
             problems.append("--full_finetune cannot train quantised weights: drop --quantization")
     if model_args.precision in ("bf16", "fp16") and not torch.cuda.is_available():
         problems.append(f"--precision {model_args.precision} needs a CUDA GPU; use auto or fp32 on CPU")
-    if data_args.resume and args.overwrite_output_dir if hasattr(args, "overwrite_output_dir") else False:
-        problems.append("--resume and --overwrite_output_dir contradict each other")
     collect(problems, "invalid arguments:")
 
 
