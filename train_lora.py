@@ -24,6 +24,7 @@ import transformers
 from transformers import TrainingArguments
 
 from mcvqa.cli import parse_args
+from mcvqa.modeling import short_name
 from mcvqa.errors import UserError, argument_errors, collect, report_user_errors
 
 # --gradient_checkpointing stays this tool's flag; transformers 5 warns that it is an alias on every run.
@@ -168,7 +169,7 @@ def main(argv=None):
     from mcvqa import LETTERS
     from mcvqa.data import assign_folds, load_split, to_dataset
     from mcvqa.io import write_csv, write_json
-    from mcvqa.modeling import check_model_folder, load_model, load_processor, short_name
+    from mcvqa.modeling import check_model_folder, load_model, load_processor
     from mcvqa.scoring import metrics_from_logits, softmax
     from mcvqa.trainer import FoldProgress, MCVQATrainer, TimeBudget, make_compute_metrics
 
@@ -226,7 +227,7 @@ def main(argv=None):
     # ---- Trainer ---------------------------------------------------------------------------------
     args = configure_training_args(args, fold_dir, precision, has_eval=data_args.fold != -1,
                                    full_finetune=model_args.full_finetune,
-                                   run_name=f"{short_name(model_args.model_name_or_path)}-{fold_name}")
+                                   run_name=run_name(model_args.model_name_or_path, fold_name, argv))
     callbacks = [FoldProgress()]
     if data_args.time_budget_minutes:
         callbacks.append(TimeBudget(data_args.time_budget_minutes))
@@ -296,6 +297,14 @@ def reload_best(trainer, precision):
     if missing or unexpected:
         raise RuntimeError(f"best checkpoint {best} does not match the model: {missing[:3]} {unexpected[:3]}")
     print(f"loaded the best checkpoint {best}", file=sys.stderr)
+
+
+def run_name(model_name_or_path, fold_name, argv=None):
+    """`<model>-<fold>[-<preset>]`: what TensorBoard and other loggers show for this run."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    preset = next((Path(a.split("=", 1)[1] if "=" in a else argv[i + 1]).stem for i, a in enumerate(argv)
+                   if a.startswith("--config") and ("=" in a or i + 1 < len(argv))), None)
+    return "-".join(x for x in (short_name(model_name_or_path), fold_name, preset) if x)
 
 
 def parse_templates(text):

@@ -123,3 +123,10 @@ def test_yaml_value_outside_a_flags_choices_fails(tmp_path):
         parse(bad)
     assert "quantization: '3bit' is not one of 4bit, 8bit, none" in str(err.value)
     assert "precision: 'fp8'" in str(err.value)
+
+
+def test_run_name_says_model_fold_and_preset():
+    argv = ["--config", "configs/t4x2_qwen2.5vl_7b_qlora.yaml", "--fold", "1"]
+    assert train_lora.run_name("Qwen/Qwen2.5-VL-7B-Instruct", "fold1", argv) == \
+        "Qwen2.5-VL-7B-Instruct-fold1-t4x2_qwen2.5vl_7b_qlora"
+    assert train_lora.run_name("tiny_models/x", "full", []) == "x-full"
