@@ -214,3 +214,24 @@ def test_two_process_cpu_ddp_writes_one_consistent_set_of_outputs(tiny_model, ea
     assert abs(metrics["oof_accuracy"] - (oof["pred"] == oof["answer"]).mean()) < 1e-9
     assert sorted(p.name for p in out.iterdir()) == ["fold1", "folds.csv", "folds.json"]
     assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_two_process_predict_shards_and_matches_one_process(run, easy_vqa_dir, tmp_path):
+    """Under accelerate each rank scores a shard; rank 0 writes the same file one process writes."""
+    import shutil
+
+    _, out, _ = run
+    copy = tmp_path / "tiny"
+    shutil.copytree(out, copy)
+    one = read(out / "fold1" / "test_probs.csv")
+    (copy / "fold1" / "test_probs.csv").unlink()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "predict.py", "--output_dir", str(copy), "--data_dir", str(easy_vqa_dir), "--folds", "1",
+           "--tta", "--tta_scales", "1.0", "--score_oof", "false", "--progress", "false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    two = read(copy / "fold1" / "test_probs.csv")
+    assert list(two["id"]) == list(one["id"])
+    assert (two[list("abcd")] - one[list("abcd")]).abs().max().max() < 1e-6
