@@ -57,18 +57,20 @@ QWEN2_VL_TEMPLATE = (
 # The Qwen3-VL instruct template without its tool-calling branch: no default system prompt.
 QWEN3_VL_TEMPLATE = (
     "{%- set image_count = namespace(value=0) %}{%- set video_count = namespace(value=0) %}"
-    "{%- for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{%- if message['content'] is string %}{{ message['content'] }}"
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
     "{%- else %}{%- for content in message['content'] %}"
     "{%- if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{%- set image_count.value = image_count.value + 1 %}{%- if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- set image_count.value = image_count.value + 1 %}"
+    "{%- if add_vision_id %}{{- 'Picture ' + image_count.value|string + ': ' }}{%- endif %}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
     "{%- elif content['type'] == 'video' or 'video' in content %}"
-    "{%- set video_count.value = video_count.value + 1 %}{%- if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- elif 'text' in content %}{{ content['text'] }}{%- endif %}{%- endfor %}{%- endif %}"
-    "<|im_end|>\n{%- endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+    "{%- set video_count.value = video_count.value + 1 %}"
+    "{%- if add_vision_id %}{{- 'Video ' + video_count.value|string + ': ' }}{%- endif %}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in content %}{{- content['text'] }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
 # Qwen2's pre-tokenizer split: contractions, words, single digits, punctuation runs, newlines, spaces.
