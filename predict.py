@@ -238,7 +238,9 @@ def merge_and_save(folds, args):
         prep["size"] = {**(prep.get("size") or {}), "shortest_edge": lo, "longest_edge": hi}
         prep.update({k: v for k, v in (("min_pixels", lo), ("max_pixels", hi)) if k in prep})
         prep_path.write_text(json.dumps(prep, indent=2), encoding="utf-8")
-    tmp.replace(out) if not out.exists() else (out.rmdir(), tmp.replace(out))
+    if out.exists():
+        out.rmdir()  # empty: checked above
+    tmp.replace(out)
     print(f"merged {fold_dir} into {out}", file=sys.stderr)
     return out
 
