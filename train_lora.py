@@ -247,12 +247,19 @@ def main(argv=None):
     if resume_from and model_args.full_finetune:
         load_full_checkpoint(trainer.model, resume_from)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
-    if model_args.full_finetune and data_args.fold != -1:
-        reload_best(trainer, precision)
+    best = trainer.state.best_model_checkpoint
+    if model_args.full_finetune and data_args.fold != -1 and best and Path(best).is_dir():
+        # Same renaming problem as on resume: the Trainer cannot reload a full Qwen-VL checkpoint itself.
+        load_full_checkpoint(trainer.model, best)
+        print(f"loaded the best checkpoint {best}", file=sys.stderr)
 
     # ---- Save ------------------------------------------------------------------------------------
     trainer.save_model(str(fold_dir))
     metrics = dict(train_result.metrics)
+    # The Trainer's samples/s counts the planned epochs; a time budget or early stop ends sooner.
+    metrics["samples_seen"] = (trainer.state.global_step * args.per_device_train_batch_size
+                               * args.gradient_accumulation_steps * args.world_size)
+    metrics["samples_per_s"] = metrics["samples_seen"] / max(metrics.get("train_runtime", 0.0), 1e-9)
     oof = None
     if data_args.fold != -1:
         pred = trainer.predict(to_dataset(val_df))
@@ -283,20 +290,6 @@ def main(argv=None):
             print(f"report: {write_fold_report(fold_dir)}")
         print(summary, flush=True)
     return metrics
-
-
-def reload_best(trainer, precision):
-    """Load the best checkpoint's full weights (by the eval metric) back into the trained model."""
-    from transformers import AutoModelForImageTextToText
-
-    best = trainer.state.best_model_checkpoint
-    if not best or not Path(best).is_dir():
-        return
-    state = AutoModelForImageTextToText.from_pretrained(best, dtype="auto").state_dict()
-    missing, unexpected = trainer.model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"best checkpoint {best} does not match the model: {missing[:3]} {unexpected[:3]}")
-    print(f"loaded the best checkpoint {best}", file=sys.stderr)
 
 
 def run_name(model_name_or_path, fold_name, argv=None):
@@ -333,7 +326,7 @@ def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_
         updates.update(eval_strategy="no", load_best_model_at_end=False)
     elif full_finetune and args.load_best_model_at_end:
         # The Trainer reloads a full Qwen-VL checkpoint without its key renaming (weights silently kept
-        # as they are); reload_best() does it through from_pretrained instead.
+        # as they are); main() reloads the best one through load_full_checkpoint instead.
         updates.update(load_best_model_at_end=False, save_strategy=args.eval_strategy)
     if args.report_to in (None, [], ["none"], "none") and importlib.util.find_spec("tensorboard") is not None:
         updates["report_to"] = ["tensorboard"]
