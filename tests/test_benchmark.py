@@ -1,0 +1,44 @@
+"""bench/benchmark.py runs end to end on the tiny model on CPU and writes every results.json key."""
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+KEYS = ["train_speedup_vs_trl", "train_act_mem_ratio_vs_trl", "train_peak_mem_ratio_vs_trl", "train_mfu",
+        "infer_speedup_vs_generate", "infer_mfu", "qlora_fp16_3b_peak_gib", "qlora_fp16_7b_peak_gib"]
+
+
+@pytest.mark.timeout(60) if importlib.util.find_spec("pytest_timeout") else (lambda f: f)
+def test_benchmark_tiny_cpu(tmp_path):
+    import benchmark
+
+    started = time.time()
+    has_trl = importlib.util.find_spec("trl") is not None
+    parts = "train,trl,infer" if has_trl else "train,infer"
+    out = tmp_path / "results.json"
+    benchmark.main(["--model", "tiny", "--device", "cpu", "--out", str(out), "--parts", parts, "--qlora",
+                    "--warmup_steps", "1", "--train_steps", "2", "--batch_size", "2", "--infer_rows", "4",
+                    "--infer_batch_size", "4", "--generate_rows", "1", "--generate_tokens", "3"])
+    assert time.time() - started < 60, "the tiny CPU benchmark must stay under a minute"
+    res = json.loads(out.read_text())
+    for key in ("device", "versions", "command", "config", "train", "infer", "qlora", "summary", "skipped"):
+        assert key in res, key
+    assert res["device"] == "cpu"
+    assert set(res["versions"]) >= {"torch", "transformers", "peft", "trl"}
+    for key in KEYS:
+        assert key in res["summary"], key
+    ours = res["train"]["ours_ckpt"]
+    assert ours["samples_per_s"] > 0 and len(ours["step_s_all"]) == 3
+    assert res["summary"]["infer_speedup_vs_generate"] > 0
+    # No CUDA here: memory figures and MFU are null, the QLoRA stand-in is skipped with its reason.
+    assert res["summary"]["train_mfu"] is None and res["summary"]["qlora_fp16_7b_peak_gib"] is None
+    assert "CUDA" in res["skipped"]["qlora_fp16_7b_peak_gib"]
+    if has_trl:
+        assert res["summary"]["train_speedup_vs_trl"] > 0
+        assert res["train"]["trl_ckpt"]["collator"] == "DataCollatorForVisionLanguageModeling"
