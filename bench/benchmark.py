@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,11 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-ARCH = {"qwen2.5-vl-3b": "qwen2_5_vl", "qwen2.5-vl-7b": "qwen2_5_vl", "qwen3-vl-8b": "qwen3_vl", "tiny": "qwen2_5_vl"}
+# transformers 5 renames gradient_checkpointing to activation_checkpointing and warns on every Trainer.
+warnings.filterwarnings("ignore", message=".*(gradient|activation)_checkpointing", category=FutureWarning)
+
+ARCH = {"qwen2.5-vl-3b": "qwen2_5_vl", "qwen2.5-vl-7b": "qwen2_5_vl", "qwen3-vl-8b": "qwen3_vl", "tiny": "qwen2_5_vl",
+        "tiny-qwen3": "qwen3_vl"}
 
 QWEN25_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
                      spatial_merge_size=2, temporal_patch_size=2, window_size=112,
@@ -86,10 +91,10 @@ GIB = 1024 ** 3
 def build_config(name, tok):
     from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
 
-    if name == "tiny":
+    if name.startswith("tiny"):
         from tools.make_tiny_model import build_config as tiny_config
 
-        return tiny_config("qwen2_5_vl", tok, 128, 2, 64, 2)
+        return tiny_config(ARCH[name], tok, 128, 2, 64, 2)
     spec = SPECS[name]
     ids = {key: tok.convert_tokens_to_ids(token) for key, token in [
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
@@ -508,7 +513,7 @@ def parse_args(argv=None):
         if getattr(a, key) is None:
             setattr(a, key, g if gpu else c)
     if a.pixels is None:
-        a.pixels = TINY_PIXELS if a.model == "tiny" else 448 * 448
+        a.pixels = TINY_PIXELS if a.model.startswith("tiny") else 448 * 448
     a.parts = [x for x in a.parts.split(",") if x]
     if a.qlora and "qlora" not in a.parts:
         a.parts.append("qlora")
