@@ -393,7 +393,7 @@ def infer(a, processor, df, device, dtype, attn, peak):
     ours = {"rows": len(rows), "batch_size": a.infer_batch_size, "seconds": ours_s,
             "samples_per_s": len(rows) / ours_s, "tokens": tokens, "patches": patches, "flops": flops,
             "mfu": flops / ours_s / peak if peak else None}
-    del model
+    model = None  # freed on return with the closure above
     free(device)
     return {"scoring": ours, "generate": gen[a.generate_tokens], "generate_2tok": gen[2]}
 
