@@ -95,6 +95,7 @@ def main(argv=None):
     from mcvqa.data import load_split
     from mcvqa.io import write_csv
     from mcvqa.modeling import resolve_precision
+    from mcvqa.prompts import parse_templates
     from mcvqa.scoring import predict_probs
     from mcvqa.tta import average, named_views
 
@@ -131,7 +132,7 @@ def main(argv=None):
         collator = MCVQACollator(processor, min_pixels=m["min_pixels"], max_pixels=m["max_pixels"], train=False,
                                  template=d["prompt_template"], max_length=d["max_length"],
                                  blank_images=d.get("blank_images", False),
-                                 templates_by_type=__import__("train_lora").parse_templates(d["templates_by_type"]))
+                                 templates_by_type=parse_templates(d["templates_by_type"]))
         collator.position_fn = rope_positions(model, collator.image_token_id)
         letter_ids = option_letter_ids(processor.tokenizer)
         jobs = [("test", test_df)]

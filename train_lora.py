@@ -25,6 +25,7 @@ from transformers import TrainingArguments
 
 from mcvqa.cli import parse_args
 from mcvqa.modeling import short_name
+from mcvqa.prompts import parse_templates
 from mcvqa.errors import UserError, argument_errors, collect, report_user_errors
 
 # --gradient_checkpointing stays this tool's flag; transformers 5 warns that it is an alias on every run.
@@ -300,23 +301,11 @@ def run_name(model_name_or_path, fold_name, argv=None):
     return "-".join(x for x in (short_name(model_name_or_path), fold_name, preset) if x)
 
 
-def parse_templates(text):
-    if not text:
-        return None
-    import yaml
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = None
-    if not isinstance(value, dict):
-        raise UserError("--templates_by_type must be a mapping such as '{\"colour\": \"{question} ...\"}'")
-    return value
-
-
 def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_finetune=False):
     """Point the Trainer at the fold folder and apply the resolved precision and evaluation plan."""
     import importlib.util
+
+    import torch
 
     # The resolved precision wins over an accelerate config's mixed_precision (e.g. fp16 on the T4 config).
     os.environ["ACCELERATE_MIXED_PRECISION"] = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
@@ -330,7 +319,7 @@ def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_
         updates.update(load_best_model_at_end=False, save_strategy=args.eval_strategy)
     if args.report_to in (None, [], ["none"], "none") and importlib.util.find_spec("tensorboard") is not None:
         updates["report_to"] = ["tensorboard"]
-    if args.use_cpu or not __import__("torch").cuda.is_available():
+    if args.use_cpu or not torch.cuda.is_available():
         updates["dataloader_pin_memory"] = False
     args = dataclasses.replace(args, **updates)
     if args.n_gpu > 1:

@@ -618,31 +618,7 @@ def run_ensemble(models, template, method="auto", temperature=True, space=None, 
 
 
 def load_template(data_dir):
-    """sample_submission.csv of `data_dir`, via `mcvqa.data.load_submission_template` when available."""
-    try:
-        from mcvqa.data import load_submission_template
-    except ImportError:  # mcvqa/data.py not written yet: a minimal reader with the same contract
-        return _read_template(data_dir)
+    """sample_submission.csv of `data_dir`, validated by the data contract."""
+    from mcvqa.data import load_submission_template
+
     return load_submission_template(data_dir)
-
-
-def _read_template(data_dir):
-    path = Path(data_dir) / "sample_submission.csv"
-    if not path.is_file():
-        raise UserError(f"{path} not found (--data_dir should be the folder holding sample_submission.csv)")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
-        raise UserError(f"{path}: could not read as CSV: {err}") from None
-    if "id" not in df.columns or len(df.columns) < 2:
-        raise UserError(f"{path}: expected 2 columns, id and the answer column; has {', '.join(df.columns)}")
-    problems = []
-    if (df["id"].str.strip() == "").any():
-        problems.append("empty ids")
-    dup = df["id"][df["id"].duplicated()].unique()
-    if len(dup):
-        problems.append(f"duplicated ids: {_few(dup)}")
-    if len(df) == 0:
-        problems.append("no rows")
-    collect(problems, f"{path} is invalid:")
-    return df

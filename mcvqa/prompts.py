@@ -1,6 +1,7 @@
 """The conversation each row becomes: one default instruction, optional per-question-type templates."""
 
 from mcvqa import LETTERS
+from mcvqa.errors import UserError
 
 DEFAULT_INSTRUCTION = "Answer with the letter of the correct option (a, b, c or d) only."
 
@@ -23,3 +24,18 @@ def conversation(question, options, answer=None, template=None):
     if answer is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages
+
+
+def parse_templates(text):
+    """`--templates_by_type` (JSON or YAML text) -> {question_type: template}, or None when not given."""
+    if not text:
+        return None
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise UserError("--templates_by_type must be a mapping such as '{\"colour\": \"{question} ...\"}'")
+    return value
