@@ -230,15 +230,16 @@ def main(argv=None):
                                    full_finetune=model_args.full_finetune,
                                    run_name=run_name(model_args.model_name_or_path, fold_name, argv))
     callbacks = [FoldProgress()]
-    if data_args.time_budget_minutes:
-        callbacks.append(TimeBudget(data_args.time_budget_minutes))
+    budget = TimeBudget(data_args.time_budget_minutes) if data_args.time_budget_minutes else None
+    if budget:
+        callbacks.append(budget)
     if data_args.fold != -1 and data_args.early_stopping_patience > 0 and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
     trainer = MCVQATrainer(
         model=model, args=args, data_collator=train_collator, eval_collator=eval_collator,
         train_dataset=to_dataset(fit_df), eval_dataset=to_dataset(eval_df) if data_args.fold != -1 else None,
         compute_metrics=make_compute_metrics(eval_df["question_type"].tolist()), letter_ids=letter_ids,
-        restricted_loss=data_args.restricted_loss, callbacks=callbacks,
+        restricted_loss=data_args.restricted_loss, callbacks=callbacks, time_budget=budget,
     )
 
     # ---- Train -----------------------------------------------------------------------------------

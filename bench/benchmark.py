@@ -38,6 +38,7 @@ import importlib.util
 import json
 import math
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -401,7 +402,12 @@ def infer(a, processor, df, device, dtype, attn, peak):
 # ------------------------------------------------------------------------------------------- QLoRA
 
 def qlora_peak(name, a, processor, df, device):
-    """Peak GPU memory of 4-bit QLoRA training in fp16 at batch 1 with checkpointing (the T4 path)."""
+    """Peak GPU memory of 4-bit QLoRA training in fp16 at batch 1 with checkpointing (the T4 path).
+
+    One model load, then a few steps at each image size of --qlora_sides (square, pixels = side^2), smallest
+    first; a size that runs out of memory ends the sweep. `fits_15gib` compares the allocator's reserved peak
+    (what must fit on the card, fragmentation included) with 15 GiB, a 16 GB T4's usable memory.
+    """
     from collator import MCVQACollator, option_letter_ids, rope_positions
     from mcvqa.data import to_dataset
     from mcvqa.modeling import load_model
@@ -416,26 +422,43 @@ def qlora_peak(name, a, processor, df, device):
         free(device)
         model, _ = load_model(folder, precision="fp16", quantization="4bit", attn_implementation="sdpa",
                               gradient_checkpointing=True)
-    collate = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=True)
-    collate.position_fn = rope_positions(model, collate.image_token_id)
-    timer = step_timer(device)
+    weights = torch.cuda.memory_allocated(device)
     steps = max(3, min(a.train_steps, 6))
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=1, max_steps=steps, learning_rate=1e-4,
-                                 fp16=True, bf16=False, gradient_checkpointing=True,
-                                 gradient_checkpointing_kwargs={"use_reentrant": False}, save_strategy="no",
-                                 eval_strategy="no", report_to="none", disable_tqdm=True, logging_steps=10_000,
-                                 remove_unused_columns=False, dataloader_num_workers=0)
-        trainer = MCVQATrainer(model=model, args=args, data_collator=collate, train_dataset=to_dataset(df),
-                               letter_ids=option_letter_ids(processor.tokenizer), callbacks=[timer])
-        trainer.train()
-    intervals = [t1 - t0 for t0, t1 in zip(timer.ends[:-1], timer.ends[1:])]
-    result = {"peak_mem_gib": torch.cuda.max_memory_allocated(device) / GIB,
-              "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB,
-              "held_mem_gib": timer.held / GIB if timer.held is not None else None, "steps": steps,
-              "step_s_all": intervals}
-    trainer.accelerator.free_memory()
-    del trainer, model
+    sizes = {}
+    for side in a.qlora_sides:
+        pixels = side * side
+        free(device)
+        collate = MCVQACollator(processor, min_pixels=pixels, max_pixels=pixels, train=True)
+        collate.position_fn = rope_positions(model, collate.image_token_id)
+        timer = step_timer(device)
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                args = TrainingArguments(output_dir=out, per_device_train_batch_size=1, max_steps=steps,
+                                         learning_rate=1e-4, fp16=True, bf16=False, gradient_checkpointing=True,
+                                         gradient_checkpointing_kwargs={"use_reentrant": False}, save_strategy="no",
+                                         eval_strategy="no", report_to="none", disable_tqdm=True,
+                                         logging_steps=10_000, remove_unused_columns=False, dataloader_num_workers=0)
+                trainer = MCVQATrainer(model=model, args=args, data_collator=collate, train_dataset=to_dataset(df),
+                                       letter_ids=option_letter_ids(processor.tokenizer), callbacks=[timer])
+                trainer.train()
+                trainer.accelerator.free_memory()
+                del trainer
+        except torch.OutOfMemoryError:
+            sizes[str(side)] = {"pixels": pixels, "oom": True, "fits_15gib": False}
+            break
+        intervals = [t1 - t0 for t0, t1 in zip(timer.ends[:-1], timer.ends[1:])]
+        reserved = torch.cuda.max_memory_reserved(device) / GIB
+        sizes[str(side)] = {"pixels": pixels, "image_tokens": pixels // (28 * 28),
+                            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / GIB,
+                            "peak_reserved_gib": reserved, "fits_15gib": reserved <= 15.0,
+                            "held_mem_gib": timer.held / GIB if timer.held is not None else None,
+                            "steps": steps, "step_s_all": intervals}
+    first = sizes[str(a.qlora_sides[0])]
+    fitting = [v["pixels"] for v in sizes.values() if v.get("fits_15gib")]
+    result = {"weights_mem_gib": weights / GIB, "pixels": first["pixels"], "peak_mem_gib": first.get("peak_mem_gib"),
+              "peak_reserved_gib": first.get("peak_reserved_gib"), "by_side": sizes,
+              "max_pixels_fit_15gib": max(fitting) if fitting else None}
+    del model
     free(device)
     return result
 
@@ -503,6 +526,11 @@ def parse_args(argv=None):
     p.add_argument("--pixels", type=int, default=None,
                    help="min = max pixels per image (default 448*448 = 200704; tiny: 112*112)")
     p.add_argument("--attn", default="sdpa", help="attention implementation for every contender")
+    p.add_argument("--qlora_sides", default="448,672,896,1120,1344,1792",
+                   help="square image sides (pixels = side^2) of the QLoRA sweep; the first gives the *_peak_gib keys")
+    p.add_argument("--save_model", default=None,
+                   help="only build --model with random weights and save it, with the tokenizer and processor, as a "
+                        "model folder train_lora.py loads (bench/ddp_scaling.sh); no benchmark")
     p.add_argument("--tmp", default=None, help="folder for the QLoRA model save (needs ~17 GB for 7B)")
     a = p.parse_args(argv)
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -517,6 +545,7 @@ def parse_args(argv=None):
     a.parts = [x for x in a.parts.split(",") if x]
     if a.qlora and "qlora" not in a.parts:
         a.parts.append("qlora")
+    a.qlora_sides = [int(x) for x in a.qlora_sides.split(",") if x]
     a.checkpointing = [x == "on" for x in a.checkpointing.split(",") if x]
     return a
 
@@ -537,6 +566,15 @@ def main(argv=None):
     tok_dir = Path(tempfile.mkdtemp(prefix="bench_tok_"))
     make_tiny_model(arch, tok_dir, min_pixels=a.pixels, max_pixels=a.pixels)
     processor = load_processor(tok_dir, a.pixels, a.pixels)
+    if a.save_model:
+        model = build_model(a.model, processor.tokenizer, device, dtype, a.attn)
+        model.save_pretrained(a.save_model, safe_serialization=True)
+        for f in tok_dir.iterdir():  # tokenizer, chat template and processor settings of the same family
+            if f.name not in ("config.json", "generation_config.json", "model.safetensors"):
+                shutil.copy(f, Path(a.save_model) / f.name)
+        print(f"saved {a.model} ({sum(p.numel() for p in model.parameters()) / 1e9:.2f}B random weights) to "
+              f"{a.save_model}")
+        return None
     n_rows = max(a.batch_size * (a.warmup_steps + a.train_steps), a.infer_rows, a.generate_rows)
     df = make_rows(n_rows)
     results = {"model": a.model, "device": device_name, "peak_flops_bf16": peak, "versions": versions(),
@@ -609,6 +647,7 @@ def main(argv=None):
     q = results["qlora"] or {}
     for name, key in (("qwen2.5-vl-3b", "qlora_fp16_3b_peak_gib"), ("qwen2.5-vl-7b", "qlora_fp16_7b_peak_gib")):
         summary[key] = (q.get(name) or {}).get("peak_mem_gib")
+        summary[key.replace("peak_gib", "max_pixels_15gib")] = (q.get(name) or {}).get("max_pixels_fit_15gib")
         if (q.get(name) or {}).get("skipped"):
             results["skipped"][key] = q[name]["skipped"]
         elif name not in q:

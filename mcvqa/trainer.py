@@ -1,5 +1,8 @@
 """The Trainer subclass: loss at the answer position only, a/b/c/d metrics, a guard against NaN/inf."""
 
+import math
+import time
+
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
@@ -27,8 +30,9 @@ class MCVQATrainer(Trainer):
     """
 
     def __init__(self, *args, letter_ids, restricted_loss=False, eval_collator=None, nan_check_steps=4,
-                 **kwargs):
+                 time_budget=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.time_budget = time_budget
         self.letter_ids = letter_ids
         self.restricted_loss = restricted_loss
         self.eval_collator = eval_collator
@@ -36,6 +40,15 @@ class MCVQATrainer(Trainer):
         self._recent_losses = []
         # The loss is a per-batch mean; let the Trainer divide by gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        kind = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+        if self.time_budget is None or kind not in ("cosine", "linear") or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = time_schedule(optimizer or self.optimizer, self.time_budget,
+                                          self.args.get_warmup_steps(num_training_steps), kind)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def _with_eval_collator(self, fn, *args):
         train_collator = self.data_collator
@@ -118,22 +131,47 @@ class FoldProgress(TrainerCallback):
 
 
 class TimeBudget(TrainerCallback):
-    """Stop after a wall-clock budget; the Trainer then evaluates and saves as at a normal end."""
+    """Stop after a wall-clock budget; the Trainer then evaluates and saves as at a normal end.
+
+    `fraction` (0 at the first step, 1 at the deadline) is what a time-following learning-rate schedule
+    reads. Under DDP every rank must stop at the same step and use the same learning rate, so the
+    elapsed time is the maximum over ranks (one tiny all-reduce per step), never a rank's own clock.
+    """
 
     def __init__(self, minutes):
         self.seconds = 60 * minutes
-        self.deadline = None
+        self.started = None
+        self.fraction = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        import time
-
-        self.deadline = time.time() + self.seconds
+        self.started = time.time()
 
     def on_step_end(self, args, state, control, **kwargs):
-        import time
-
-        if self.deadline is not None and time.time() >= self.deadline:
+        if self.started is None:
+            return control
+        elapsed = time.time() - self.started
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            shared = torch.tensor([elapsed], dtype=torch.float64, device=args.device)
+            torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
+            elapsed = float(shared.item())
+        self.fraction = min(1.0, elapsed / self.seconds)
+        if self.fraction >= 1.0:
             control.should_training_stop = True
             control.should_evaluate = args.eval_strategy != "no"
             control.should_save = True
         return control
+
+
+def time_schedule(optimizer, budget, warmup_steps, kind):
+    """Warm up over `warmup_steps` steps, then decay by the share of the time budget used, not by steps.
+
+    With a time budget the number of steps is unknown beforehand; a step-based cosine planned for the
+    epochs would still be near its peak learning rate when the clock stops the run.
+    """
+    def factor(step):
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        f = budget.fraction
+        decay = 0.5 * (1.0 + math.cos(math.pi * f)) if kind == "cosine" else 1.0 - f
+        return warm * max(decay, 0.0)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -104,3 +104,27 @@ def test_nan_loss_stops_with_advice(model, processor, rows, tmp_path):
     trainer = MCVQATrainer(model=model, args=args, letter_ids=option_letter_ids(processor.tokenizer))
     with pytest.raises(TrainingDiverged, match="bf16"):
         trainer._check_finite(torch.tensor(float("nan")))
+
+
+def test_time_budget_schedule_warms_up_then_decays_with_the_clock_and_stops_at_the_deadline():
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from mcvqa.trainer import TimeBudget, time_schedule
+
+    budget = TimeBudget(minutes=1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = time_schedule(opt, budget, warmup_steps=4, kind="cosine")
+    factor = sched.lr_lambdas[0]
+    assert factor(0) == pytest.approx(0.25) and factor(3) == pytest.approx(1.0)
+    args = SimpleNamespace(device=torch.device("cpu"), eval_strategy="steps")
+    budget.on_train_begin(args, None, None)
+    budget.started -= 30  # half the budget spent
+    control = budget.on_step_end(args, None, TrainerControl())
+    assert budget.fraction == pytest.approx(0.5, abs=0.01) and not control.should_training_stop
+    assert factor(100) == pytest.approx(0.5, abs=0.02)
+    budget.started -= 30
+    control = budget.on_step_end(args, None, TrainerControl())
+    assert control.should_training_stop and control.should_save and factor(100) == pytest.approx(0.0)
+    assert time_schedule(opt, budget, 0, "linear").lr_lambdas[0](7) == pytest.approx(0.0)

@@ -201,7 +201,10 @@ def test_two_process_cpu_ddp_writes_one_consistent_set_of_outputs(tiny_model, ea
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "train_lora.py", "--model_name_or_path", str(tiny_model), "--data_dir", str(easy_vqa_dir),
            "--output_dir", str(out), "--fold", "1", *SMALL, "--per_device_train_batch_size", "4",
-           "--max_train_samples", "32", "--per_device_eval_batch_size", "7"]
+           "--max_train_samples", "32", "--per_device_eval_batch_size", "7",
+           # The clock, not the epochs, ends this run: every rank must stop at the same step or DDP hangs.
+           "--num_train_epochs", "200", "--time_budget_minutes", "0.1", "--lr_scheduler_type", "cosine",
+           "--eval_strategy", "no", "--save_strategy", "no"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -211,6 +214,7 @@ def test_two_process_cpu_ddp_writes_one_consistent_set_of_outputs(tiny_model, ea
     assert_probabilities(oof)
     metrics = json.loads((out / "fold1" / "metrics.json").read_text())
     assert metrics["n_val"] == len(oof)
+    assert 0 < json.loads((out / "fold1" / "trainer_state.json").read_text())["global_step"] < 200 * 4
     assert abs(metrics["oof_accuracy"] - (oof["pred"] == oof["answer"]).mean()) < 1e-9
     assert sorted(p.name for p in out.iterdir()) == ["fold1", "folds.csv", "folds.json"]
     assert not [p for p in out.rglob("*.tmp")]
