@@ -78,6 +78,9 @@ class DataArguments:
     max_eval_samples: int = field(default=None, metadata={"help": "Evaluate during training on at most this many rows."})
     time_budget_minutes: float = field(default=None, metadata={
         "help": "Stop training after this many minutes (then evaluate and save as usual): fits Kaggle's limits."})
+    oversample: str = field(default=None, metadata={
+        "help": "Repeat the training rows of some question types, e.g. 'colour=3,shape=3' (the type column, "
+                "or the type inferred from the question): rare, hard types get more steps; validation is unchanged."})
     blank_images: bool = field(default=False, metadata={
         "help": "Ablation: replace every image by a grey one, to measure what the text alone allows."})
 
@@ -120,6 +123,33 @@ def check_args(model_args, data_args, args):
     if model_args.precision in ("bf16", "fp16") and not torch.cuda.is_available():
         problems.append(f"--precision {model_args.precision} needs a CUDA GPU; use auto or fp32 on CPU")
     collect(problems, "invalid arguments:")
+
+
+def oversample(df, spec, seed):
+    """Rows of each named question type repeated `factor` times (a fraction keeps a random share), shuffled."""
+    import pandas as pd
+
+    factors, problems = {}, []
+    known = sorted(set(df["question_type"].astype(str)))
+    for item in [x.strip() for x in spec.split(",") if x.strip()]:
+        name, _, value = item.partition("=")
+        try:
+            factors[name.strip()] = float(value)
+        except ValueError:
+            problems.append(f"--oversample {item!r}: expected type=factor, e.g. colour=3")
+            continue
+        if name.strip() not in known:
+            problems.append(f"--oversample: no question type {name.strip()!r} in the training rows (types: "
+                            f"{', '.join(known)})")
+        elif factors[name.strip()] < 1:
+            problems.append(f"--oversample {item!r}: the factor must be at least 1")
+    collect(problems, "invalid arguments:")
+    parts = [df]
+    for name, factor in factors.items():
+        rows = df[df["question_type"] == name]
+        whole, rest = int(factor) - 1, factor - int(factor)
+        parts += [rows] * whole + [rows.sample(frac=rest, random_state=seed)] * (rest > 0)
+    return pd.concat(parts).sample(frac=1.0, random_state=seed)
 
 
 def check_writable(output_root):
@@ -198,6 +228,8 @@ def main(argv=None):
     fit_df, val_df = train_df[~is_val], train_df[is_val]
     if data_args.max_train_samples:
         fit_df = fit_df.sample(n=min(len(fit_df), data_args.max_train_samples), random_state=args.seed)
+    if data_args.oversample:
+        fit_df = oversample(fit_df, data_args.oversample, args.seed)
     eval_df = val_df
     if data_args.max_eval_samples and len(val_df) > data_args.max_eval_samples:
         eval_df = val_df.sample(n=data_args.max_eval_samples, random_state=args.seed)

@@ -22,9 +22,10 @@ Memory: `held` = memory allocated at the end of step 1 (weights + adapters + opt
 freed by zero_grad); `peak` = max allocated over the run; `activation` = peak - held.
 
 FLOPs (MFU; the attention score term and the LM head are left out, the same formula for every contender):
-  train  k x (N_lm x text_tokens + N_vision x patches), k = 4 for LoRA (2 forward + 2 backward to the
+  train  k x N_lm x text_tokens + 2 x N_vision x patches, k = 4 for LoRA (2 forward + 2 backward to the
          activations; the weight gradients of the frozen base are not computed), +2 with checkpointing
-         (the forward is recomputed);
+         (the forward is recomputed); the frozen vision tower's useful work is its forward only (a
+         contender that also runs its backward, `vision_backward` true, does that work on top);
   infer  2 x (N_lm x text_tokens + N_vision x patches) (prefill).
 N_lm = decoder-layer parameters of the language model (no embedding, no head), N_vision = vision tower
 parameters, text_tokens = non-padding tokens (image tokens included), patches = vision patches before merging.
@@ -190,6 +191,8 @@ def step_timer(device):
 
         def on_train_begin(self, args, state, control, **kwargs):
             sync(device)
+            if device.type == "cuda":  # building random weights peaks on its own: not the trainer's memory
+                torch.cuda.reset_peak_memory_stats(device)
             self.ends.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -199,6 +202,16 @@ def step_timer(device):
                 self.held = torch.cuda.memory_allocated(device)
 
     return StepTimer()
+
+
+def watch_vision(model):
+    """Records, per forward, whether the vision tower's output requires grad (i.e. it will run a backward)."""
+    seen = []
+    for module in model.modules():
+        if type(module).__name__.endswith("PatchMerger"):
+            module.register_forward_hook(lambda m, i, o: seen.append(bool(getattr(o, "requires_grad", False))))
+            break
+    return seen
 
 
 def training_args(cls, out, a, device, checkpointing, **extra):
@@ -228,7 +241,7 @@ def summarise(timer, counter, a, counts, device, checkpointing, peak, extra=None
     tokens = statistics.mean(counter.tokens[:n][a.warmup_steps:] or counter.tokens)
     patches = statistics.mean(counter.patches[:n][a.warmup_steps:] or counter.patches)
     k = 6 if checkpointing else 4
-    flops = k * (counts["params_lm_layers"] * tokens + counts["params_vision"] * patches)
+    flops = k * counts["params_lm_layers"] * tokens + 2 * counts["params_vision"] * patches
     out = {"step_s_median": step, "samples_per_s": a.batch_size / step, "tokens_per_s": tokens / step,
            "tokens_per_step": tokens, "padded_width_mean": statistics.mean(counter.widths),
            "patches_per_step": patches, "flops_per_step": flops, "flop_factor": k,
@@ -249,6 +262,7 @@ def train_ours(a, tok_dir, processor, df, device, dtype, attn, checkpointing, pe
     from collator import MCVQACollator, option_letter_ids, rope_positions
     from mcvqa.data import to_dataset
     from mcvqa.fast_vision import patch_vision_attention
+    from mcvqa.modeling import keep_frozen_vision_out_of_backward
     from mcvqa.trainer import MCVQATrainer
     from peft import get_peft_model
     from transformers import TrainingArguments
@@ -257,9 +271,11 @@ def train_ours(a, tok_dir, processor, df, device, dtype, attn, checkpointing, pe
     model = build_model(a.model, processor.tokenizer, device, dtype, attn)
     counts = param_counts(model)
     patched = patch_vision_attention(model)
+    keep_frozen_vision_out_of_backward(model)
     if checkpointing:
         model.enable_input_require_grads()
     model = get_peft_model(model, lora_config())
+    vision_grad = watch_vision(model)
     collate = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=True)
     collate.position_fn = rope_positions(model, collate.image_token_id)
     rows = df.to_dict("records")
@@ -272,7 +288,7 @@ def train_ours(a, tok_dir, processor, df, device, dtype, attn, checkpointing, pe
                                letter_ids=option_letter_ids(processor.tokenizer), callbacks=[timer])
         trainer.train()
     result = summarise(timer, counter, a, counts, device, checkpointing, peak,
-                       {"vision_attention_patched": patched,
+                       {"vision_attention_patched": patched, "vision_backward": any(vision_grad),
                         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)})
     trainer.accelerator.free_memory()
     del trainer, model
@@ -303,6 +319,7 @@ def train_trl(a, processor, df, device, dtype, attn, checkpointing, peak):
     free(device)
     model = build_model(a.model, processor.tokenizer, device, dtype, attn)
     counts = param_counts(model)
+    vision_grad = watch_vision(model)
     timer = step_timer(device)
     with tempfile.TemporaryDirectory() as out:
         args = training_args(SFTConfig, out, a, device, checkpointing, max_length=None)
@@ -312,7 +329,7 @@ def train_trl(a, processor, df, device, dtype, attn, checkpointing, peak):
         trainer.data_collator = counter
         trainer.train()
     result = summarise(timer, counter, a, counts, device, checkpointing, peak,
-                       {"collator": type(counter.collate).__name__,
+                       {"collator": type(counter.collate).__name__, "vision_backward": any(vision_grad),
                         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)})
     trainer.accelerator.free_memory()
     del trainer, model
@@ -360,6 +377,12 @@ def infer(a, processor, df, device, dtype, attn, peak):
     score(rows)
     sync(device)
     ours_s = time.perf_counter() - t0
+    cold = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=False)
+    cold.position_fn = collate.position_fn
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), a.infer_batch_size):
+        cold(rows[i: i + a.infer_batch_size])
+    collate_s = time.perf_counter() - t0
     tokens = sum(len(collate.encode(r).input_ids) for r in rows)
     patches = sum(int(collate.images(r["image"])[1].prod()) for r in rows)
     flops = 2 * (counts["params_lm_layers"] * tokens + counts["params_vision"] * patches)
@@ -391,7 +414,7 @@ def infer(a, processor, df, device, dtype, attn, peak):
                            "samples_per_s": len(gen_rows) / secs,
                            "new_tokens_mean": statistics.mean(n for _, n in outs),
                            "parsed_fraction": sum(p is not None for p, _ in outs) / len(outs)}
-    ours = {"rows": len(rows), "batch_size": a.infer_batch_size, "seconds": ours_s,
+    ours = {"rows": len(rows), "batch_size": a.infer_batch_size, "seconds": ours_s, "collate_cold_s": collate_s,
             "samples_per_s": len(rows) / ours_s, "tokens": tokens, "patches": patches, "flops": flops,
             "mfu": flops / ours_s / peak if peak else None}
     model = None  # freed on return with the closure above
@@ -584,7 +607,7 @@ def main(argv=None):
                           "pixels": a.pixels, "dtype": str(dtype), "attn": a.attn, "lora": "r=16 alpha=32 dropout=0.05",
                           "rows": len(df), "infer_rows": a.infer_rows, "infer_batch_size": a.infer_batch_size,
                           "generate_rows": a.generate_rows, "generate_tokens": a.generate_tokens},
-               "flop_formula": "train: (4, +2 with checkpointing) x (N_lm_layers x text_tokens + N_vision x patches); "
+               "flop_formula": "train: (4, +2 with checkpointing) x N_lm_layers x text_tokens + 2 x N_vision x patches; "
                                "infer: 2 x (same); attention scores and LM head left out",
                "train": {}, "infer": None, "qlora": None, "skipped": {}}
 

@@ -61,9 +61,12 @@ def predict_probs(model, collator, rows, letter_ids, views, batch_size=16, devic
                   progress=True, desc="scoring"):
     """Probabilities over a/b/c/d (original order) for each view: {view name: (n, 4) array}.
 
-    Rows are scored in batches sorted by length (little padding); on CUDA out-of-memory the batch
-    size halves and the batch is retried.
+    Rows are scored in batches sorted by length (little padding); the next batch is collated on a
+    background thread while the GPU scores this one (image decoding and resizing release the GIL); on
+    CUDA out-of-memory the batch size halves and the batch is retried.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     device = device or next(model.parameters()).device
@@ -73,14 +76,25 @@ def predict_probs(model, collator, rows, letter_ids, views, batch_size=16, devic
     total = len(views) * len(rows)
     bar = tqdm(total=total, desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     model.eval()
+    pool = ThreadPoolExecutor(max_workers=1)
+
+    def collate(view, start, size):
+        idx = order[start: start + size]
+        return start, size, idx, pool.submit(collator, [rows[j] for j in idx], view=view)
+
     for name, view in views.items():
         probs = np.zeros((len(rows), 4))
         i = 0
+        job = collate(view, 0, batch_size)
         while i < len(rows):
-            idx = order[i: i + batch_size]
-            chunk = [rows[j] for j in idx]
+            if job is None or job[:2] != (i, batch_size):
+                job = collate(view, i, batch_size)
+            _, _, idx, future = job
+            batch = future.result()
+            following = i + len(idx)
+            job = collate(view, following, batch_size) if following < len(rows) else None
             try:
-                batch = _move(collator(chunk, view=view), device)
+                batch = _move(batch, device)
                 if dtype is not None and "pixel_values" in batch:
                     batch["pixel_values"] = batch["pixel_values"].to(dtype)
                 with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
@@ -88,16 +102,19 @@ def predict_probs(model, collator, rows, letter_ids, views, batch_size=16, devic
                     shown = torch.softmax(score_batch(model, batch, letter_ids), -1).cpu().numpy()
             except torch.cuda.OutOfMemoryError:
                 if batch_size == 1:
+                    pool.shutdown(cancel_futures=True)
                     raise
+                batch = None
                 batch_size = max(1, batch_size // 2)
                 torch.cuda.empty_cache()
                 print(f"out of memory: retrying with --batch_size {batch_size}", file=sys.stderr)
                 continue
             for r, j in enumerate(idx):
                 probs[j] = to_original(shown[r: r + 1], view_order(view(rows[j])))[0]
-            i += len(idx)
+            i = following
             bar.update(len(idx))
         results[name] = probs
+    pool.shutdown()
     bar.close()
     return results
 

@@ -58,3 +58,27 @@ def test_cached_positions_equal_the_models_own(tiny_models, rows, arch, pixels):
         wrong = model(**{**{k: cached[k] for k in KEYS}, "position_ids": cached["position_ids"] * 0 + 3}).logits
     assert torch.allclose(out, ref, atol=1e-5)
     assert not torch.allclose(wrong, ref, atol=1e-3), "the model must actually read the positions passed"
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("lora_vision", [False, True])
+def test_frozen_vision_tower_runs_no_backward_under_checkpointed_lora(tiny_models, rows, arch, lora_vision):
+    from mcvqa.modeling import load_model, load_processor
+
+    pixels = 56 * 56 if arch == "qwen2_5_vl" else 64 * 64
+    processor = load_processor(tiny_models[arch], pixels, pixels)
+    model, _ = load_model(tiny_models[arch], precision="fp32", attn_implementation="sdpa", lora_vision=lora_vision,
+                          gradient_checkpointing=True)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    seen = []
+    model.base_model.model.model.visual.merger.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    batch = MCVQACollator(processor, pixels, pixels, train=True)(rows[:2])
+    out = model(**{k: batch[k] for k in KEYS if k in batch})
+    out.logits[:, -1].float().logsumexp(-1).sum().backward()
+    assert seen == [lora_vision]  # the vision output needs a gradient only when the vision tower trains
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None for n, g in grads.items() if "language_model" in n)
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "language_model" in n)
+    if lora_vision:
+        assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "visual" in n)

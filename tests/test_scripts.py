@@ -239,3 +239,21 @@ def test_two_process_predict_shards_and_matches_one_process(run, easy_vqa_dir, t
     two = read(copy / "fold1" / "test_probs.csv")
     assert list(two["id"]) == list(one["id"])
     assert (two[list("abcd")] - one[list("abcd")]).abs().max().max() < 1e-6
+
+
+def test_oversample_repeats_the_named_types_only(easy_vqa_dir):
+    from mcvqa.data import load_split
+    from mcvqa.errors import UserError
+    from train_lora import oversample
+
+    df = load_split(easy_vqa_dir, "train")
+    counts = df["question_type"].value_counts()
+    out = oversample(df, "colour=3, shape=1.5", seed=0)
+    new = out["question_type"].value_counts()
+    assert new["colour"] == 3 * counts["colour"] and new["yes/no"] == counts["yes/no"]
+    assert new["shape"] == counts["shape"] + round(0.5 * counts["shape"])
+    assert set(out["id"]) == set(df["id"])
+    with pytest.raises(UserError) as err:
+        oversample(df, "color=2,shape=x,colour=0.5", seed=0)
+    msg = str(err.value)
+    assert "'color'" in msg and "colour, shape, yes/no" in msg and "shape=x" in msg and "at least 1" in msg
