@@ -15,11 +15,28 @@ def accuracy_by_type(probs_csv, answers, types):
     return float(right.mean()), {t: float(right[types.to_numpy() == t].mean()) for t in sorted(set(types))}
 
 
+def describe(run, answers, types):
+    """Test accuracy (overall, by type) and the run's own training figures."""
+    metrics = json.loads((run / "full/metrics.json").read_text())
+    state = json.loads((run / "full/trainer_state.json").read_text())
+    config = json.loads((run / "full/train_config.json").read_text())
+    acc, by_type = accuracy_by_type(run / "full/test_probs.csv", answers, types)
+    flags = {k: v for k, v in {**config["data"], **config["model"]}.items()
+             if k in ("oversample", "blank_images", "min_pixels", "max_pixels")}
+    return {"accuracy": acc, "accuracy_by_type": by_type, "minutes": metrics["train_runtime"] / 60,
+            "steps": state["global_step"], "epochs": state.get("epoch"),
+            # The Trainer's own samples/s counts the planned epochs, not the steps a time budget allowed.
+            "samples_per_s": metrics.get("samples_per_s"), "learning_rate": config["training"]["learning_rate"],
+            "n_train_rows": metrics["n_train"], **flags}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data_dir", required=True)
-    ap.add_argument("--runs", required=True)
-    ap.add_argument("--plain", required=True, help="fold 1 test probabilities without TTA")
+    ap.add_argument("--runs", required=True, help="folder of run folders, each with full/test_probs.csv")
+    ap.add_argument("--main", default="main", help="the run the headline keys describe")
+    ap.add_argument("--blank", default="blank", help="its blank-image twin")
+    ap.add_argument("--command", default="bash bench/learning.sh")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     import torch
@@ -27,34 +44,21 @@ def main():
     data, runs = Path(a.data_dir), Path(a.runs)
     answers = pd.read_csv(data / "test_answers.csv", dtype=str).set_index("id")["answer"]
     types = pd.read_csv(data / "test.csv", dtype=str).set_index("id").loc[answers.index, "type"]
-    acc, by_type = accuracy_by_type(a.plain, answers, types)
-    acc_tta, by_type_tta = accuracy_by_type(runs / "tiny/full/test_probs.csv", answers, types)
-    blank, blank_by_type = accuracy_by_type(runs / "blank/full/test_probs.csv", answers, types)
-    sub = pd.read_csv(runs / "tiny/submission.csv", dtype=str).set_index("id").loc[answers.index, "answer"]
-    right = (sub == answers).to_numpy()
-    ens_by_type = {t: float(right[types.to_numpy() == t].mean()) for t in sorted(set(types))}
-    metrics = json.loads((runs / "tiny/full/metrics.json").read_text())
-    state = json.loads((runs / "tiny/full/trainer_state.json").read_text())
-    config = json.loads((runs / "tiny/full/train_config.json").read_text())
-    fold1 = json.loads((runs / "tiny/fold1/metrics.json").read_text())
+    every = {r.name: describe(r, answers, types) for r in sorted(runs.iterdir())
+             if (r / "full/test_probs.csv").is_file()}
+    main_run, blank = every[a.main], every[a.blank]
     result = {
-        "accuracy": acc, "accuracy_by_type": by_type, "blank_image_accuracy": blank,
-        "blank_image_accuracy_by_type": blank_by_type, "accuracy_tta": acc_tta, "accuracy_tta_by_type": by_type_tta,
-        "accuracy_ensemble": float(right.mean()), "accuracy_ensemble_by_type": ens_by_type,
-        "minutes": metrics["train_runtime"] / 60,
-        # The Trainer's own samples/s counts the planned epochs, not the steps a time budget allowed.
-        "samples_per_s": state["global_step"] * config["training"]["per_device_train_batch_size"] / metrics["train_runtime"],
-        "concurrent_runs_on_the_gpu": 5,
-        "n_test": int(len(answers)), "n_train_fold": metrics["n_train"], "oof_accuracy_fold1": fold1.get("oof_accuracy"), "oof_accuracy_by_type_fold1": {k[13:]: v for k, v in fold1.items() if k.startswith("oof_accuracy_")},
+        "accuracy": main_run["accuracy"], "accuracy_by_type": main_run["accuracy_by_type"],
+        "blank_image_accuracy": blank["accuracy"], "blank_image_accuracy_by_type": blank["accuracy_by_type"],
+        "margin_over_blank": main_run["accuracy"] - blank["accuracy"],
+        "minutes": main_run["minutes"], "samples_per_s": main_run["samples_per_s"],
+        "concurrent_runs_on_the_gpu": len(every), "n_test": int(len(answers)),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "note": "accuracy: the model trained on all 38,575 train questions (--fold -1), on held-out easy-VQA test "
-                "questions, no TTA; accuracy_tta: the same with 12 TTA views; accuracy_ensemble: mean of folds 1, 2 and "
-                "the all-rows model, with TTA; blank: the all-rows run with every image grey",
-        "command": "COMPARE=1 bash bench/learning.sh 5",
+        "runs": every, "command": a.command,
+        "note": "every run: a tiny random-init Qwen2.5-VL trained on all 38,575 easy-VQA train questions (--fold -1), "
+                "scored without TTA on held-out easy-VQA test questions; blank: the main run's settings with every "
+                "image grey; the runs shared one GPU, so samples_per_s is per run",
     }
-    compare = runs / "compare/full/test_probs.csv"
-    if compare.is_file():
-        result["compare_112px_accuracy"], result["compare_112px_accuracy_by_type"] = accuracy_by_type(compare, answers, types)
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
