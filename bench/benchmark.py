@@ -204,6 +204,44 @@ def step_timer(device):
     return StepTimer()
 
 
+def profiler_callback(device, start_step, steps):
+    """Profiles `steps` training steps from `start_step`: where the wall time goes (GPU busy share, top kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    class Profiled(TrainerCallback):
+        def __init__(self):
+            self.prof, self.t0, self.summary = None, None, None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == start_step and self.prof is None:
+                sync(device)
+                self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                self.prof.__enter__()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.prof is not None and self.summary is None and state.global_step == start_step + steps:
+                sync(device)
+                wall = time.perf_counter() - self.t0
+                self.prof.__exit__(None, None, None)
+                self.summary = profile_summary(self.prof, wall, steps)
+
+    return Profiled()
+
+
+def profile_summary(prof, wall, steps):
+    """GPU kernel time against wall time, and the operators that take it (ms per step)."""
+    events = prof.key_averages()
+    kernels = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / 1e3
+    top = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:12]
+    cpu_top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    return {"wall_ms_per_step": 1e3 * wall / steps, "gpu_kernel_ms_per_step": kernels / steps,
+            "gpu_busy": kernels / (1e3 * wall),
+            "top_gpu_ms_per_step": {e.key[:90]: round(e.self_device_time_total / 1e3 / steps, 2) for e in top},
+            "top_cpu_ms_per_step": {e.key[:90]: round(e.self_cpu_time_total / 1e3 / steps, 2) for e in cpu_top}}
+
+
 def watch_vision(model):
     """Records, per forward, whether the vision tower's output requires grad (i.e. it will run a backward)."""
     seen = []
@@ -281,14 +319,17 @@ def train_ours(a, tok_dir, processor, df, device, dtype, attn, checkpointing, pe
     rows = df.to_dict("records")
     collate.prepare(rows)  # what train_lora.py does before training: images and prompts cached
     counter, timer = Counting(collate), step_timer(device)
+    profiled = profiler_callback(device, a.warmup_steps + a.train_steps - 3, 3) if a.profile else None
     with tempfile.TemporaryDirectory() as out:
         trainer = MCVQATrainer(model=model, args=training_args(TrainingArguments, out, a, device, checkpointing,
                                                                remove_unused_columns=False),
                                data_collator=counter, train_dataset=to_dataset(df),
-                               letter_ids=option_letter_ids(processor.tokenizer), callbacks=[timer])
+                               letter_ids=option_letter_ids(processor.tokenizer),
+                               callbacks=[timer] + ([profiled] if profiled else []))
         trainer.train()
     result = summarise(timer, counter, a, counts, device, checkpointing, peak,
                        {"vision_attention_patched": patched, "vision_backward": any(vision_grad),
+                        "profile": profiled.summary if profiled else None,
                         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)})
     trainer.accelerator.free_memory()
     del trainer, model
@@ -377,6 +418,16 @@ def infer(a, processor, df, device, dtype, attn, peak):
     score(rows)
     sync(device)
     ours_s = time.perf_counter() - t0
+    profiled = None
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        sync(device)
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            score(rows[: a.infer_batch_size])
+            sync(device)
+        profiled = profile_summary(prof, time.perf_counter() - t0, 1)
     cold = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=False)
     cold.position_fn = collate.position_fn
     t0 = time.perf_counter()
@@ -414,7 +465,7 @@ def infer(a, processor, df, device, dtype, attn, peak):
                            "samples_per_s": len(gen_rows) / secs,
                            "new_tokens_mean": statistics.mean(n for _, n in outs),
                            "parsed_fraction": sum(p is not None for p, _ in outs) / len(outs)}
-    ours = {"rows": len(rows), "batch_size": a.infer_batch_size, "seconds": ours_s, "collate_cold_s": collate_s,
+    ours = {"rows": len(rows), "batch_size": a.infer_batch_size, "seconds": ours_s, "collate_cold_s": collate_s, "profile_one_batch": profiled,
             "samples_per_s": len(rows) / ours_s, "tokens": tokens, "patches": patches, "flops": flops,
             "mfu": flops / ours_s / peak if peak else None}
     model = None  # freed on return with the closure above
@@ -551,6 +602,8 @@ def parse_args(argv=None):
     p.add_argument("--attn", default="sdpa", help="attention implementation for every contender")
     p.add_argument("--qlora_sides", default="448,672,896,1120,1344,1792",
                    help="square image sides (pixels = side^2) of the QLoRA sweep; the first gives the *_peak_gib keys")
+    p.add_argument("--profile", action="store_true",
+                   help="profile 3 steps of our training and one scoring batch (GPU busy share, top kernels)")
     p.add_argument("--save_model", default=None,
                    help="only build --model with random weights and save it, with the tokenizer and processor, as a "
                         "model folder train_lora.py loads (bench/ddp_scaling.sh); no benchmark")
