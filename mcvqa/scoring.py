@@ -77,10 +77,16 @@ def predict_probs(model, collator, rows, letter_ids, views, batch_size=16, devic
     bar = tqdm(total=total, desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     model.eval()
     pool = ThreadPoolExecutor(max_workers=1)
+    pin = device.type == "cuda"
+
+    def prepared(chunk, view):
+        batch = collator(chunk, view=view)
+        # Pinned host memory: the copy to the GPU is asynchronous instead of waiting for the GPU to drain.
+        return {k: v.pin_memory() if pin and torch.is_tensor(v) else v for k, v in batch.items()}
 
     def collate(view, start, size):
         idx = order[start: start + size]
-        return start, size, idx, pool.submit(collator, [rows[j] for j in idx], view=view)
+        return start, size, idx, pool.submit(prepared, [rows[j] for j in idx], view)
 
     for name, view in views.items():
         probs = np.zeros((len(rows), 4))
