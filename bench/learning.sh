@@ -9,8 +9,8 @@
 set -u
 source bench/gpu_env.sh
 MIN=${1:-8}
-MAIN=${MAIN:---learning_rate 5e-4 --oversample colour=4,shape=4}
-VARIANTS=${VARIANTS:-"px224:--learning_rate 5e-4 --oversample colour=4,shape=4 --min_pixels 50176 --max_pixels 50176"}
+MAIN=${MAIN:---learning_rate 5e-4 --oversample colour=3,shape=3}
+VARIANTS=${VARIANTS:-"lr1e-3:--learning_rate 1e-3 --oversample colour=3,shape=3;px56:--learning_rate 5e-4 --oversample colour=3,shape=3 --min_pixels 3136 --max_pixels 3136;plain:--learning_rate 5e-4"}
 export OMP_NUM_THREADS=3
 python3 data/prepare_easy_vqa.py --out /tmp/evqa --n_train 0 --n_test 2000 >/dev/null || exit 1
 python3 tools/make_tiny_model.py --arch qwen2_5_vl --out /tmp/m256 --hidden_size 256 --num_layers 4 \
