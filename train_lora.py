@@ -78,6 +78,9 @@ class DataArguments:
     max_eval_samples: int = field(default=None, metadata={"help": "Evaluate during training on at most this many rows."})
     time_budget_minutes: float = field(default=None, metadata={
         "help": "Stop training after this many minutes (then evaluate and save as usual): fits Kaggle's limits."})
+    ema_decay: float = field(default=None, metadata={
+        "help": "Keep an exponential moving average of the trainable weights (e.g. 0.999) and save and score it "
+                "instead of the last weights; replaces best-checkpoint reloading (--load_best_model_at_end false)."})
     oversample: str = field(default=None, metadata={
         "help": "Repeat the training rows of some question types, e.g. 'colour=3,shape=3' (the type column, "
                 "or the type inferred from the question): rare, hard types get more steps; validation is unchanged."})
@@ -111,6 +114,12 @@ def check_args(model_args, data_args, args):
                         "or -1 for all rows")
     if model_args.lora_r <= 0 and not model_args.full_finetune:
         problems.append(f"--lora_r {model_args.lora_r}: must be positive")
+    if data_args.ema_decay is not None:
+        if not 0.0 < data_args.ema_decay < 1.0:
+            problems.append(f"--ema_decay {data_args.ema_decay}: must be between 0 and 1, e.g. 0.999")
+        if data_args.fold != -1 and args.load_best_model_at_end:
+            problems.append("--ema_decay saves the averaged weights, not the best checkpoint: add "
+                            "--load_best_model_at_end false (or drop --ema_decay)")
     if model_args.min_pixels > model_args.max_pixels:
         problems.append(f"--min_pixels {model_args.min_pixels} is above --max_pixels {model_args.max_pixels}")
     if model_args.quantization != "none":
@@ -125,25 +134,29 @@ def check_args(model_args, data_args, args):
     collect(problems, "invalid arguments:")
 
 
-def oversample(df, spec, seed):
-    """Rows of each named question type repeated `factor` times (a fraction keeps a random share), shuffled."""
-    import pandas as pd
-
+def oversample_factors(spec, types):
+    """`--oversample 'colour=3,shape=1.5'` -> {type: factor}, checked against the training rows' types."""
     factors, problems = {}, []
-    known = sorted(set(df["question_type"].astype(str)))
+    known = sorted(set(map(str, types)))
     for item in [x.strip() for x in spec.split(",") if x.strip()]:
-        name, _, value = item.partition("=")
+        name, _, value = (x.strip() for x in item.partition("="))
         try:
-            factors[name.strip()] = float(value)
+            factors[name] = float(value)
         except ValueError:
             problems.append(f"--oversample {item!r}: expected type=factor, e.g. colour=3")
             continue
-        if name.strip() not in known:
-            problems.append(f"--oversample: no question type {name.strip()!r} in the training rows (types: "
-                            f"{', '.join(known)})")
-        elif factors[name.strip()] < 1:
+        if name not in known:
+            problems.append(f"--oversample: no question type {name!r} in the training rows (types: {', '.join(known)})")
+        elif factors[name] < 1:
             problems.append(f"--oversample {item!r}: the factor must be at least 1")
     collect(problems, "invalid arguments:")
+    return factors
+
+
+def oversample(df, factors, seed):
+    """Rows of each named question type repeated `factor` times (a fraction adds a random share), shuffled."""
+    import pandas as pd
+
     parts = [df]
     for name, factor in factors.items():
         rows = df[df["question_type"] == name]
@@ -202,7 +215,7 @@ def main(argv=None):
     from mcvqa.io import write_csv, write_json
     from mcvqa.modeling import check_model_folder, load_model, load_processor
     from mcvqa.scoring import metrics_from_logits, softmax
-    from mcvqa.trainer import FoldProgress, MCVQATrainer, TimeBudget, make_compute_metrics
+    from mcvqa.trainer import FoldProgress, MCVQATrainer, TimeBudget, WeightEMA, make_compute_metrics
 
     started = time.time()
     # ---- Arguments -------------------------------------------------------------------------------
@@ -221,6 +234,7 @@ def main(argv=None):
     # ---- Data ------------------------------------------------------------------------------------
     check_model_folder(model_args.model_name_or_path, model_args.trust_remote_code)
     train_df = load_split(data_args.data_dir, "train")
+    factors = oversample_factors(data_args.oversample, train_df["question_type"]) if data_args.oversample else None
     state = PartialState()
     with state.main_process_first():
         folds = assign_folds(train_df, data_args.n_folds, args.seed, output_root)
@@ -228,8 +242,8 @@ def main(argv=None):
     fit_df, val_df = train_df[~is_val], train_df[is_val]
     if data_args.max_train_samples:
         fit_df = fit_df.sample(n=min(len(fit_df), data_args.max_train_samples), random_state=args.seed)
-    if data_args.oversample:
-        fit_df = oversample(fit_df, data_args.oversample, args.seed)
+    if factors:
+        fit_df = oversample(fit_df, factors, args.seed)
     eval_df = val_df
     if data_args.max_eval_samples and len(val_df) > data_args.max_eval_samples:
         eval_df = val_df.sample(n=data_args.max_eval_samples, random_state=args.seed)
@@ -258,6 +272,7 @@ def main(argv=None):
     eval_collator.prepare(val_df.to_dict("records"))
 
     # ---- Trainer ---------------------------------------------------------------------------------
+    reload_best = args.load_best_model_at_end and data_args.fold != -1
     args = configure_training_args(args, fold_dir, precision, has_eval=data_args.fold != -1,
                                    full_finetune=model_args.full_finetune,
                                    run_name=run_name(model_args.model_name_or_path, fold_name, argv))
@@ -265,6 +280,8 @@ def main(argv=None):
     budget = TimeBudget(data_args.time_budget_minutes) if data_args.time_budget_minutes else None
     if budget:
         callbacks.append(budget)
+    if data_args.ema_decay is not None:
+        callbacks.append(WeightEMA(data_args.ema_decay))
     if data_args.fold != -1 and data_args.early_stopping_patience > 0 and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
     trainer = MCVQATrainer(
@@ -282,7 +299,7 @@ def main(argv=None):
         load_full_checkpoint(trainer.model, resume_from)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     best = trainer.state.best_model_checkpoint
-    if model_args.full_finetune and data_args.fold != -1 and best and Path(best).is_dir():
+    if model_args.full_finetune and reload_best and best and Path(best).is_dir():
         # Same renaming problem as on resume: the Trainer cannot reload a full Qwen-VL checkpoint itself.
         load_full_checkpoint(trainer.model, best)
         print(f"loaded the best checkpoint {best}", file=sys.stderr)

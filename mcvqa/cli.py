@@ -32,7 +32,8 @@ def parse_args(dataclass_types, argv=None, defaults=None):
             rest.append(argv[i])
         i += 1
 
-    parser = HfArgumentParser(dataclass_types)
+    # No abbreviated flags: "--lr" silently meaning "--lr_scheduler_type" is a trap, and `given` reads full names.
+    parser = HfArgumentParser(dataclass_types, allow_abbrev=False)
     if defaults:
         parser.set_defaults(**defaults)
     config = {}

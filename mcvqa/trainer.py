@@ -162,6 +162,35 @@ class TimeBudget(TrainerCallback):
         return control
 
 
+class WeightEMA(TrainerCallback):
+    """Exponential moving average of the trainable weights; copied into the model when training ends.
+
+    The shadow copy is fp32 and covers only what trains (LoRA adapters: a few MB; a full fine-tune:
+    a second copy of the model). Every DDP rank holds identical weights after each step, so every rank
+    keeps an identical average. The average replaces the last weights before the model is saved and
+    the out-of-fold rows are scored; it is not part of checkpoints (a resumed run restarts it).
+    """
+
+    def __init__(self, decay):
+        self.decay = decay
+        self.params, self.shadow = [], []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.shadow = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.params:
+            torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.decay)
+
+    @torch.no_grad()
+    def on_train_end(self, args, state, control, **kwargs):
+        for p, s in zip(self.params, self.shadow):
+            p.copy_(s.to(p.dtype))
+        self.params, self.shadow = [], []
+
+
 def time_schedule(optimizer, budget, warmup_steps, kind):
     """Warm up over `warmup_steps` steps, then decay by the share of the time budget used, not by steps.
 

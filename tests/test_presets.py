@@ -100,6 +100,11 @@ def test_unknown_key_fails(tmp_path):
         parse(bad)
 
 
+def test_abbreviated_flags_are_refused():
+    with pytest.raises(UserError, match="--learning_r"):
+        parse(REPO / "configs" / "cpu_tiny.yaml", "--learning_r", "0.5")
+
+
 def test_wrong_type_fails(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lora_r: sixteen\n")

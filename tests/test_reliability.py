@@ -230,6 +230,23 @@ def _(c):
     return train_args(c.model, c.data, c.never, "--lerning_rate", "1e-4"), c.never, ["--lerning_rate"]
 
 
+@case("flag_abbreviated", "train_lora.py")
+def _(c):
+    return train_args(c.model, c.data, c.never, "--learning_r", "1e-4"), c.never, ["--learning_r"]
+
+
+@case("ema_with_best_checkpoint_and_bad_decay", "train_lora.py")
+def _(c):
+    return (train_args(c.model, c.data, c.never, "--ema_decay", "1.5"), c.never,
+            ["--ema_decay 1.5: must be between 0 and 1", "--load_best_model_at_end false"])
+
+
+@case("oversample_unknown_type", "train_lora.py")
+def _(c):
+    return (train_args(c.model, c.data, c.never, "--oversample", "color=3"), c.never,
+            ["--oversample", "'color'", "colour"])
+
+
 @case("config_unknown_key", "train_lora.py")
 def _(c):
     cfg = c.tmp / "unknown_key.yaml"

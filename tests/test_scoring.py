@@ -128,3 +128,26 @@ def test_time_budget_schedule_warms_up_then_decays_with_the_clock_and_stops_at_t
     control = budget.on_step_end(args, None, TrainerControl())
     assert control.should_training_stop and control.should_save and factor(100) == pytest.approx(0.0)
     assert time_schedule(opt, budget, 0, "linear").lr_lambdas[0](7) == pytest.approx(0.0)
+
+
+def test_weight_ema_averages_only_trainable_weights_and_installs_the_average_at_the_end():
+    from types import SimpleNamespace
+
+    from mcvqa.trainer import WeightEMA
+
+    model = torch.nn.Linear(2, 1)
+    model.bias.requires_grad_(False)
+    ema = WeightEMA(decay=0.5)
+    ema.on_train_begin(None, None, None, model=model)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.on_step_end(None, SimpleNamespace(), None)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.on_step_end(None, SimpleNamespace(), None)
+    bias = model.bias.detach().clone()
+    ema.on_train_end(None, None, None)
+    # 0.5 * (0.5 * start + 0.5 * 1) + 0.5 * 3
+    torch.testing.assert_close(model.weight.detach(), 0.25 * start + 0.25 + 1.5)
+    torch.testing.assert_close(model.bias.detach(), bias)

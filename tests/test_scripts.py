@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 LETTERS = list("abcd")
@@ -244,16 +245,33 @@ def test_two_process_predict_shards_and_matches_one_process(run, easy_vqa_dir, t
 def test_oversample_repeats_the_named_types_only(easy_vqa_dir):
     from mcvqa.data import load_split
     from mcvqa.errors import UserError
-    from train_lora import oversample
+    from train_lora import oversample, oversample_factors
 
     df = load_split(easy_vqa_dir, "train")
     counts = df["question_type"].value_counts()
-    out = oversample(df, "colour=3, shape=1.5", seed=0)
+    out = oversample(df, oversample_factors("colour=3, shape=1.5", df["question_type"]), seed=0)
     new = out["question_type"].value_counts()
     assert new["colour"] == 3 * counts["colour"] and new["yes/no"] == counts["yes/no"]
     assert new["shape"] == counts["shape"] + round(0.5 * counts["shape"])
     assert set(out["id"]) == set(df["id"])
     with pytest.raises(UserError) as err:
-        oversample(df, "color=2,shape=x,colour=0.5", seed=0)
+        oversample_factors("color=2,shape=x,colour=0.5", df["question_type"])
     msg = str(err.value)
     assert "'color'" in msg and "colour, shape, yes/no" in msg and "shape=x" in msg and "at least 1" in msg
+
+
+def test_ema_run_saves_the_averaged_adapter(tiny_model, easy_vqa_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["--max_train_samples", "24", "--load_best_model_at_end", "false", "--save_strategy", "no",
+              "--eval_strategy", "no", "--lora_dropout", "0", "--learning_rate", "5e-3"]
+    train(tiny_model, easy_vqa_dir, tmp_path / "last", 1, *common)
+    metrics = train(tiny_model, easy_vqa_dir, tmp_path / "ema", 1, *common, "--ema_decay", "0.5")
+    last = load_file(tmp_path / "last" / "fold1" / "adapter_model.safetensors")
+    ema = load_file(tmp_path / "ema" / "fold1" / "adapter_model.safetensors")
+    assert last.keys() == ema.keys()
+    # Same seed and data: only the averaging differs, and it changes the trained (lora_B) weights.
+    assert any(not torch.equal(last[k], ema[k]) for k in last if "lora_B" in k)
+    oof = read(tmp_path / "ema" / "fold1" / "oof.csv")
+    assert len(oof) == metrics["n_val"] and set(oof["id"]) == fold_ids(tmp_path / "ema", 1)
+    assert_probabilities(oof)
