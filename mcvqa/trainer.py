@@ -46,7 +46,7 @@ class MCVQATrainer(Trainer):
         if self.time_budget is None or kind not in ("cosine", "linear") or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
         self.lr_scheduler = time_schedule(optimizer or self.optimizer, self.time_budget,
-                                          self.args.get_warmup_steps(num_training_steps), kind)
+                                          self.args.get_warmup_steps(num_training_steps), kind, num_training_steps)
         self._created_lr_scheduler = True
         return self.lr_scheduler
 
@@ -191,15 +191,18 @@ class WeightEMA(TrainerCallback):
         self.params, self.shadow = [], []
 
 
-def time_schedule(optimizer, budget, warmup_steps, kind):
-    """Warm up over `warmup_steps` steps, then decay by the share of the time budget used, not by steps.
+def time_schedule(optimizer, budget, warmup_steps, kind, total_steps=None):
+    """Warm up over `warmup_steps` steps, then decay by the share of the run done: of the time budget or of
+    the planned steps, whichever is further along.
 
     With a time budget the number of steps is unknown beforehand; a step-based cosine planned for the
-    epochs would still be near its peak learning rate when the clock stops the run.
+    epochs would still be near its peak learning rate when the clock stops the run, and a clock-based one
+    would never reach zero when the epochs end first.
     """
     def factor(step):
         warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-        f = budget.fraction
+        f = max(budget.fraction, step / total_steps if total_steps else 0.0)
+        f = min(f, 1.0)
         decay = 0.5 * (1.0 + math.cos(math.pi * f)) if kind == "cosine" else 1.0 - f
         return warm * max(decay, 0.0)
 

@@ -128,6 +128,10 @@ def test_time_budget_schedule_warms_up_then_decays_with_the_clock_and_stops_at_t
     control = budget.on_step_end(args, None, TrainerControl())
     assert control.should_training_stop and control.should_save and factor(100) == pytest.approx(0.0)
     assert time_schedule(opt, budget, 0, "linear").lr_lambdas[0](7) == pytest.approx(0.0)
+    # The epochs ending before the clock: the planned steps finish the decay.
+    early = TimeBudget(minutes=60)
+    by_steps = time_schedule(opt, early, 0, "linear", total_steps=10).lr_lambdas[0]
+    assert by_steps(5) == pytest.approx(0.5) and by_steps(10) == pytest.approx(0.0)
 
 
 def test_weight_ema_averages_only_trainable_weights_and_installs_the_average_at_the_end():
