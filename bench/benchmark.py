@@ -300,7 +300,7 @@ def train_ours(a, tok_dir, processor, df, device, dtype, attn, checkpointing, pe
     from collator import MCVQACollator, option_letter_ids, rope_positions
     from mcvqa.data import to_dataset
     from mcvqa.fast_vision import patch_vision_attention
-    from mcvqa.modeling import compute_lora_in_autocast_dtype, keep_frozen_vision_out_of_backward
+    from mcvqa.modeling import keep_frozen_vision_out_of_backward
     from mcvqa.trainer import MCVQATrainer
     from peft import get_peft_model
     from transformers import TrainingArguments

@@ -147,23 +147,6 @@ def language_lora_targets(lora_vision=False):
     return f"({lm})|({vision})"
 
 
-def compute_lora_in_autocast_dtype(model):
-    """Let autocast choose the LoRA matmuls' dtype instead of peft casting every input to fp32 first.
-
-    peft keeps adapter weights in fp32 and, by default, copies each LoRA layer's input to fp32 before
-    the adapter runs; under bf16/fp16 autocast the matmul then casts it back: two activation copies per
-    adapted linear layer that change nothing. The fp32 master weights stay; only the copies go (on a 7B
-    step at 448 px on an H200 the saving was within noise, 509 -> 507 ms: copies elsewhere dominate).
-    Only for training under autocast (the Trainer's bf16/fp16): without autocast the dtypes would clash.
-    """
-    count = 0
-    for module in model.modules():
-        if hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = False
-            count += 1
-    return count
-
-
 def keep_frozen_vision_out_of_backward(model):
     """Stop checkpointing from sending gradients through a frozen vision tower.
 
@@ -234,6 +217,4 @@ def load_model(name_or_path, precision="auto", quantization="none", attn_impleme
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
-    if precision in ("bf16", "fp16"):
-        compute_lora_in_autocast_dtype(model)
     return model, precision
