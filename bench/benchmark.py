@@ -300,19 +300,15 @@ def train_ours(a, tok_dir, processor, df, device, dtype, attn, checkpointing, pe
     from collator import MCVQACollator, option_letter_ids, rope_positions
     from mcvqa.data import to_dataset
     from mcvqa.fast_vision import patch_vision_attention
-    from mcvqa.modeling import keep_frozen_vision_out_of_backward
+    from mcvqa.modeling import attach_lora
     from mcvqa.trainer import MCVQATrainer
-    from peft import get_peft_model
     from transformers import TrainingArguments
 
     free(device)
     model = build_model(a.model, processor.tokenizer, device, dtype, attn)
     counts = param_counts(model)
     patched = patch_vision_attention(model)
-    keep_frozen_vision_out_of_backward(model)
-    if checkpointing:
-        model.enable_input_require_grads()
-    model = get_peft_model(model, lora_config())
+    model = attach_lora(model, gradient_checkpointing=checkpointing)  # what load_model does for train_lora.py
     vision_grad = watch_vision(model)
     collate = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=True)
     collate.position_fn = rope_positions(model, collate.image_token_id)

@@ -163,6 +163,20 @@ def keep_frozen_vision_out_of_backward(model):
     return True
 
 
+def attach_lora(model, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_vision=False, gradient_checkpointing=True):
+    """LoRA on the language model's linear layers (and the vision tower's with `lora_vision`), with the input
+    gradients checkpointing needs and a frozen vision tower kept out of the backward pass."""
+    from peft import LoraConfig, get_peft_model
+
+    if not lora_vision:
+        keep_frozen_vision_out_of_backward(model)
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                        target_modules=language_lora_targets(lora_vision), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
 def load_model(name_or_path, precision="auto", quantization="none", attn_implementation="auto",
                full_finetune=False, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_vision=False,
                gradient_checkpointing=True, adapter_path=None, trust_remote_code=False, device_index=None,
@@ -203,15 +217,7 @@ def load_model(name_or_path, precision="auto", quantization="none", attn_impleme
         return PeftModel.from_pretrained(model, adapter_path, is_trainable=False), precision
     if full_finetune:
         return model, precision
-    from peft import LoraConfig, get_peft_model
-
-    if not lora_vision:
-        keep_frozen_vision_out_of_backward(model)
-    if gradient_checkpointing:
-        model.enable_input_require_grads()
-    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                        target_modules=language_lora_targets(lora_vision), task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
+    model = attach_lora(model, lora_r, lora_alpha, lora_dropout, lora_vision, gradient_checkpointing)
     if precision == "fp16":
         # GradScaler refuses fp16 gradients: the trainable weights stay fp32 under fp16 autocast.
         for p in model.parameters():

@@ -76,7 +76,6 @@ def predict_probs(model, collator, rows, letter_ids, views, batch_size=16, devic
     total = len(views) * len(rows)
     bar = tqdm(total=total, desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     model.eval()
-    pool = ThreadPoolExecutor(max_workers=1)
     pin = device.type == "cuda"
 
     def prepared(chunk, view):
@@ -84,43 +83,42 @@ def predict_probs(model, collator, rows, letter_ids, views, batch_size=16, devic
         # Pinned host memory: the copy to the GPU is asynchronous instead of waiting for the GPU to drain.
         return {k: v.pin_memory() if pin and torch.is_tensor(v) else v for k, v in batch.items()}
 
-    def collate(view, start, size):
-        idx = order[start: start + size]
-        return start, size, idx, pool.submit(prepared, [rows[j] for j in idx], view)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        def collate(view, start, size):
+            idx = order[start: start + size]
+            return start, size, idx, pool.submit(prepared, [rows[j] for j in idx], view)
 
-    for name, view in views.items():
-        probs = np.zeros((len(rows), 4))
-        i = 0
-        job = collate(view, 0, batch_size)
-        while i < len(rows):
-            if job is None or job[:2] != (i, batch_size):
-                job = collate(view, i, batch_size)
-            _, _, idx, future = job
-            batch = future.result()
-            following = i + len(idx)
-            job = collate(view, following, batch_size) if following < len(rows) else None
-            try:
-                batch = _move(batch, device)
-                if dtype is not None and "pixel_values" in batch:
-                    batch["pixel_values"] = batch["pixel_values"].to(dtype)
-                with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
-                                                            enabled=dtype is not None and device.type == "cuda"):
-                    shown = torch.softmax(score_batch(model, batch, letter_ids), -1).cpu().numpy()
-            except torch.cuda.OutOfMemoryError:
-                if batch_size == 1:
-                    pool.shutdown(cancel_futures=True)
-                    raise
-                batch = None
-                batch_size = max(1, batch_size // 2)
-                torch.cuda.empty_cache()
-                print(f"out of memory: retrying with --batch_size {batch_size}", file=sys.stderr)
-                continue
-            for r, j in enumerate(idx):
-                probs[j] = to_original(shown[r: r + 1], view_order(view(rows[j])))[0]
-            i = following
-            bar.update(len(idx))
-        results[name] = probs
-    pool.shutdown()
+        for name, view in views.items():
+            probs = np.zeros((len(rows), 4))
+            i = 0
+            job = collate(view, 0, batch_size)
+            while i < len(rows):
+                if job is None or job[:2] != (i, batch_size):  # the batch size changed after an OOM
+                    job = collate(view, i, batch_size)
+                _, _, idx, future = job
+                batch = future.result()
+                following = i + len(idx)
+                job = collate(view, following, batch_size) if following < len(rows) else None
+                try:
+                    batch = _move(batch, device)
+                    if dtype is not None and "pixel_values" in batch:
+                        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+                    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
+                                                                enabled=dtype is not None and device.type == "cuda"):
+                        shown = torch.softmax(score_batch(model, batch, letter_ids), -1).cpu().numpy()
+                except torch.cuda.OutOfMemoryError:
+                    if batch_size == 1:
+                        raise
+                    batch = None  # its GPU copy must go before the cache is emptied
+                    batch_size = max(1, batch_size // 2)
+                    torch.cuda.empty_cache()
+                    print(f"out of memory: retrying with --batch_size {batch_size}", file=sys.stderr)
+                    continue
+                for r, j in enumerate(idx):
+                    probs[j] = to_original(shown[r: r + 1], view_order(view(rows[j])))[0]
+                i = following
+                bar.update(len(idx))
+            results[name] = probs
     bar.close()
     return results
 
