@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The learning proof, one command on one GPU (H100/H200):  bash bench/learning.sh [MINUTES]
+# Recorded: `BLANK=0 bash bench/learning.sh 5.5` (main alone) and `bash bench/learning.sh 15` (main + blank twin).
 # A tiny random-init Qwen2.5-VL (hidden 256, 4 layers; vision tower 128 wide, 4 blocks; 5.3M parameters) is fully
 # fine-tuned on the whole easy-VQA train set (38,575 questions; --fold -1) for MINUTES of training, with the learning
 # rate following the clock (cosine over the time budget). Runs share the GPU: `main` (the recorded run), its
-# blank-image twin (every image grey: what the text alone allows), and the variants in $VARIANTS
+# blank-image twin (every image grey: what the text alone allows; BLANK=0 leaves it out), and the variants in $VARIANTS
 # ("name:extra flags;name:extra flags"). predict.py scores 2,000 held-out easy-VQA test questions for every run and
 # bench/learning_report.py writes $OUT/learning.json (copy it to bench/learning.json).
 set -u
 source bench/gpu_env.sh
 MIN=${1:-8}
-MAIN=${MAIN:---learning_rate 5e-4 --oversample colour=3,shape=3}
-VARIANTS=${VARIANTS:-"lr1e-3:--learning_rate 1e-3 --oversample colour=3,shape=3;px56:--learning_rate 5e-4 --oversample colour=3,shape=3 --min_pixels 3136 --max_pixels 3136;plain:--learning_rate 5e-4"}
-export OMP_NUM_THREADS=3
+MAIN=${MAIN:-}
+VARIANTS=${VARIANTS:-}
+export OMP_NUM_THREADS=2
 python3 data/prepare_easy_vqa.py --out /tmp/evqa --n_train 0 --n_test 2000 >/dev/null || exit 1
 python3 tools/make_tiny_model.py --arch qwen2_5_vl --out /tmp/m256 --hidden_size 256 --num_layers 4 \
     --vision_hidden_size 128 --vision_depth 4 >/dev/null 2>&1 || exit 1
@@ -19,7 +20,8 @@ train() { name=$1; shift; python3 train_lora.py --config bench/learning.yaml --d
     --model_name_or_path /tmp/m256 --fold -1 --time_budget_minutes $MIN --output_dir /tmp/runs/$name "$@" \
     > $OUT/train_$name.log 2>&1; }
 start=$(date +%s)
-train main $MAIN & train blank $MAIN --blank_images &
+train main $MAIN &
+[ "${BLANK:-1}" = 1 ] && train blank $MAIN --blank_images &
 IFS=';' read -ra vs <<< "$VARIANTS"
 for v in "${vs[@]}"; do [ -n "$v" ] && train "${v%%:*}" ${v#*:} & done
 wait

@@ -46,11 +46,12 @@ def main():
     types = pd.read_csv(data / "test.csv", dtype=str).set_index("id").loc[answers.index, "type"]
     every = {r.name: describe(r, answers, types) for r in sorted(runs.iterdir())
              if (r / "full/test_probs.csv").is_file()}
-    main_run, blank = every[a.main], every[a.blank]
+    main_run = every[a.main]
+    blank = every.get(a.blank, {"accuracy": None, "accuracy_by_type": None})  # BLANK=0: no twin this time
     result = {
         "accuracy": main_run["accuracy"], "accuracy_by_type": main_run["accuracy_by_type"],
         "blank_image_accuracy": blank["accuracy"], "blank_image_accuracy_by_type": blank["accuracy_by_type"],
-        "margin_over_blank": main_run["accuracy"] - blank["accuracy"],
+        "margin_over_blank": None if blank["accuracy"] is None else main_run["accuracy"] - blank["accuracy"],
         "minutes": main_run["minutes"], "samples_per_s": main_run["samples_per_s"],
         "concurrent_runs_on_the_gpu": len(every), "n_test": int(len(answers)),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
