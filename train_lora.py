@@ -190,18 +190,6 @@ def load_full_checkpoint(model, checkpoint):
         raise RuntimeError(f"checkpoint {checkpoint} does not match the model: {missing[:3]} {unexpected[:3]}")
 
 
-def last_complete_checkpoint(checkpoints_dir):
-    """The newest checkpoint that finished writing (trainer_state.json is saved last), or None."""
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    ckpts = sorted(Path(checkpoints_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
-                   key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-    for ckpt in reversed(ckpts):
-        if (ckpt / "trainer_state.json").is_file() and any(ckpt.glob("*.safetensors")):
-            return str(ckpt)
-    return None
-
-
 @report_user_errors
 def main(argv=None):
     import numpy as np
@@ -215,7 +203,8 @@ def main(argv=None):
     from mcvqa.io import write_csv, write_json
     from mcvqa.modeling import check_model_folder, load_model, load_processor
     from mcvqa.scoring import metrics_from_logits, softmax
-    from mcvqa.trainer import FoldProgress, MCVQATrainer, TimeBudget, WeightEMA, make_compute_metrics
+    from mcvqa.trainer import (FoldProgress, MCVQATrainer, TimeBudget, WeightEMA, last_complete_checkpoint,
+                               make_compute_metrics)
 
     started = time.time()
     # ---- Arguments -------------------------------------------------------------------------------

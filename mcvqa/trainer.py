@@ -10,10 +10,33 @@ from transformers import Trainer, TrainerCallback
 from mcvqa.errors import UserError
 from mcvqa.scoring import answer_logits, letter_logits, metrics_from_logits, target_letters
 
-NAN_ADVICE = ("the loss became {value} at step {step}. This is the known Qwen-VL fp16 overflow on GPUs without "
-              "bf16 (T4) or a too high learning rate. Try: --precision bf16 on a GPU that has it, or "
-              "--precision fp32; a lower --learning_rate (e.g. half); a smaller --max_pixels. Nothing after "
-              "the last good checkpoint was saved.")
+def divergence_advice(value, step, precision, checkpoint):
+    """What to do when the loss is NaN/inf: the cause differs by precision, and so does the cure."""
+    if precision == "fp16":
+        cause = ("This is the known Qwen-VL fp16 overflow on GPUs without bf16 (T4), or a too high learning rate. "
+                 "Try: --precision bf16 on a GPU that has it, or --precision fp32; a lower --learning_rate "
+                 "(e.g. half); a smaller --max_pixels.")
+    else:
+        cause = (f"In {precision} (no fp16 overflow) this is a too high learning rate. Try a lower --learning_rate "
+                 "(e.g. half) or more --warmup_steps" + ("; --precision fp32 if it persists." if precision == "bf16"
+                                                        else "."))
+    saved = (f"The last good checkpoint is {checkpoint}; nothing after it was saved (--resume would continue it "
+             "with its own learning-rate schedule)." if checkpoint else "No checkpoint had been saved.")
+    return f"the loss became {value} at step {step} ({precision}). {cause} {saved}"
+
+
+def last_complete_checkpoint(checkpoints_dir):
+    """The newest checkpoint that finished writing (trainer_state.json is saved last), or None."""
+    from pathlib import Path
+
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    ckpts = sorted(Path(checkpoints_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
+                   key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    for ckpt in reversed(ckpts):
+        if (ckpt / "trainer_state.json").is_file() and any(ckpt.glob("*.safetensors")):
+            return str(ckpt)
+    return None
 
 
 class TrainingDiverged(UserError):
@@ -94,7 +117,9 @@ class MCVQATrainer(Trainer):
             self._recent_losses = []
             if not torch.isfinite(window).all():
                 bad = window[~torch.isfinite(window)][0].item()
-                raise TrainingDiverged(NAN_ADVICE.format(value=bad, step=self.state.global_step + 1))
+                precision = "fp16" if self.args.fp16 else "bf16" if self.args.bf16 else "fp32"
+                raise TrainingDiverged(divergence_advice(bad, self.state.global_step + 1, precision,
+                                                         last_complete_checkpoint(self.args.output_dir)))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

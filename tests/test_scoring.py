@@ -99,11 +99,24 @@ def test_restricted_loss_and_label_smoothing(model, processor, rows, tmp_path):
     assert losses[(False, 0.1)] != losses[(False, 0.0)]
 
 
-def test_nan_loss_stops_with_advice(model, processor, rows, tmp_path):
+def test_nan_loss_stops_with_advice_for_its_precision_naming_the_last_good_checkpoint(model, processor, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     trainer = MCVQATrainer(model=model, args=args, letter_ids=option_letter_ids(processor.tokenizer))
-    with pytest.raises(TrainingDiverged, match="bf16"):
+    trainer._check_finite(torch.tensor(1.0))  # step 0 is checked at once: a finite loss passes
+    with pytest.raises(TrainingDiverged) as fp32:
         trainer._check_finite(torch.tensor(float("nan")))
+    assert "(fp32)" in str(fp32.value) and "--learning_rate" in str(fp32.value)
+    assert "known Qwen-VL fp16 overflow" not in str(fp32.value) and "No checkpoint had been saved" in str(fp32.value)
+
+    good = tmp_path / "checkpoint-150"
+    good.mkdir()
+    (good / "model.safetensors").write_bytes(b"weights")
+    (good / "trainer_state.json").write_text("{}")
+    trainer.args.fp16 = True  # the T4 case; set after construction, as a CPU cannot build fp16 arguments
+    with pytest.raises(TrainingDiverged) as fp16:
+        trainer._check_finite(torch.tensor(float("inf")))
+    assert "became inf" in str(fp16.value) and "known Qwen-VL fp16 overflow" in str(fp16.value) and "--precision bf16" in str(fp16.value)
+    assert f"The last good checkpoint is {good}" in str(fp16.value)
 
 
 def test_time_budget_schedule_warms_up_then_decays_with_the_clock_and_stops_at_the_deadline():
