@@ -2,13 +2,16 @@
 
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mcvqa.errors import UserError
 from mcvqa.scoring import answer_logits, letter_logits, metrics_from_logits, target_letters
+
 
 def divergence_advice(value, step, precision, checkpoint):
     """What to do when the loss is NaN/inf: the cause differs by precision, and so does the cure."""
@@ -27,9 +30,6 @@ def divergence_advice(value, step, precision, checkpoint):
 
 def last_complete_checkpoint(checkpoints_dir):
     """The newest checkpoint that finished writing (trainer_state.json is saved last), or None."""
-    from pathlib import Path
-
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     ckpts = sorted(Path(checkpoints_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
                    key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
