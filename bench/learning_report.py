@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,11 @@ def main():
     data, runs = Path(a.data_dir), Path(a.runs)
     answers = pd.read_csv(data / "test_answers.csv", dtype=str).set_index("id")["answer"]
     types = pd.read_csv(data / "test.csv", dtype=str).set_index("id").loc[answers.index, "type"]
-    every = {r.name: describe(r, answers, types) for r in sorted(runs.iterdir())
-             if (r / "full/test_probs.csv").is_file()}
+    trained = sorted(r for r in runs.iterdir() if r.is_dir())  # every run that shared the GPU, finished or not
+    every = {r.name: describe(r, answers, types) for r in trained if (r / "full/test_probs.csv").is_file()}
+    if a.main not in every:
+        sys.exit(f"error: {runs / a.main}: no full/test_probs.csv (the run did not finish; see its train log); "
+                 f"scored runs: {', '.join(every) or 'none'}")
     main_run = every[a.main]
     blank = every.get(a.blank, {"accuracy": None, "accuracy_by_type": None})  # BLANK=0: no twin this time
     result = {
@@ -53,12 +57,12 @@ def main():
         "blank_image_accuracy": blank["accuracy"], "blank_image_accuracy_by_type": blank["accuracy_by_type"],
         "margin_over_blank": None if blank["accuracy"] is None else main_run["accuracy"] - blank["accuracy"],
         "minutes": main_run["minutes"], "samples_per_s": main_run["samples_per_s"],
-        "concurrent_runs_on_the_gpu": len(every), "n_test": int(len(answers)),
+        "concurrent_runs_on_the_gpu": len(trained), "n_test": int(len(answers)),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "runs": every, "command": a.command,
         "note": "every run: a tiny random-init Qwen2.5-VL trained on all 38,575 easy-VQA train questions (--fold -1), "
                 "scored without TTA on held-out easy-VQA test questions; blank: the main run's settings with every "
-                "image grey; the runs shared one GPU, so samples_per_s is per run",
+                "image grey" + ("; the runs shared one GPU, so samples_per_s is per run" if len(trained) > 1 else ""),
     }
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
