@@ -28,7 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mcvqa import LETTERS
 from mcvqa.errors import UserError
-from mcvqa.prompts import conversation
+from mcvqa.prompts import conversation, user_text
 from mcvqa.tta import identity, permute
 
 
@@ -127,6 +127,8 @@ class MCVQACollator:
         self.with_mm_token_type_ids = mm_token_type_ids
         self.rng = random.Random(seed)
         self._text_cache = {}
+        self._frames = {}
+        self._answer_ids = {}
         # M-RoPE positions of one row depend only on its own tokens: computed once per row (see rope_positions).
         self.position_fn = position_fn
         self._position_cache = {}
@@ -139,28 +141,69 @@ class MCVQACollator:
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def text_ids(self, row, with_answer):
+    def text_ids(self, row, with_answer, cache=True):
         """(prompt ids with one image placeholder, supervised ids after the prompt); cached per option order."""
         options = [row[k] for k in LETTERS]
-        key = (row["question"], tuple(options), row.get("answer") if with_answer else None, self._template_for(row))
+        template = self._template_for(row)
+        answer = row.get("answer") if with_answer else None
+        key = (row["question"], tuple(options), answer, template)
         cached = self._text_cache.get(key)
         if cached is not None:
             return cached
-        template = self._template_for(row)
-        prompt = self._render(conversation(row["question"], options, template=template), True)
+        found = self._substituted_ids(row["question"], options, answer, template)
+        if found is None:
+            found = self._rendered_ids(row["question"], options, answer, template)
+        if cache:
+            self._text_cache[key] = found
+        return found
+
+    def _rendered_ids(self, question, options, answer, template):
+        """The reference path: the chat template rendered for this exact row."""
+        prompt = self._render(conversation(question, options, template=template), True)
         answer_ids = []
-        if with_answer:
-            full = self._render(conversation(row["question"], options, answer=row["answer"], template=template), False)
+        if answer is not None:
+            full = self._render(conversation(question, options, answer=answer, template=template), False)
             if full[: len(prompt)] != prompt:
                 raise RuntimeError("the chat template's generation prompt is not a prefix of the answered "
                                    "conversation; cannot locate the answer token")
             # The letter, then the end-of-turn token; what follows it is never needed.
             answer_ids = full[len(prompt): len(prompt) + 2]
             letter = self.tokenizer.decode(answer_ids[:1]).strip().lower()
-            if letter != row["answer"]:
-                raise RuntimeError(f"answer '{row['answer']}' tokenised as {letter!r}: the letter is not one token")
-        self._text_cache[key] = (prompt, answer_ids)
+            if letter != answer:
+                raise RuntimeError(f"answer '{answer}' tokenised as {letter!r}: the letter is not one token")
+            self._answer_ids.setdefault((template, answer), answer_ids)
         return prompt, answer_ids
+
+    def _substituted_ids(self, question, options, answer, template):
+        """The same ids without running the chat template: its rendered text around the user turn is fixed.
+
+        With --shuffle_choices every epoch shows a new option order, and rendering the template twice per
+        row dominated the collator's time. The frame (text before and after the user turn) is rendered once
+        per template and checked once against the reference path; a template that does not insert the user
+        text verbatim keeps the reference path. None when this path does not apply (yet).
+        """
+        frame = self._frames.get(template)
+        if frame is None:
+            frame = self._frames[template] = self._make_frame(question, options, answer, template)
+        if frame is False or (answer is not None and (template, answer) not in self._answer_ids):
+            return None
+        before, after = frame
+        text = before + user_text(question, options, template) + after
+        prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return prompt, (list(self._answer_ids[(template, answer)]) if answer is not None else [])
+
+    def _make_frame(self, question, options, answer, template):
+        marker = "\x00mcvqa-user-text\x00"
+        text = self.processor.apply_chat_template(conversation(marker, [""] * 4, template="{question}"),
+                                                  tokenize=False, add_generation_prompt=True)
+        if text.count(marker) != 1:
+            return False
+        frame = tuple(text.split(marker))
+        reference = self._rendered_ids(question, options, answer, template)
+        before, after = frame
+        substituted = self.tokenizer(before + user_text(question, options, template) + after,
+                                     add_special_tokens=False)["input_ids"]
+        return frame if substituted == reference[0] else False
 
     # -- one row ------------------------------------------------------------------------------------
     def encode(self, row, view=identity):
@@ -171,7 +214,8 @@ class MCVQACollator:
             order = list(range(4))
             self.rng.shuffle(order)
             row = permute(row, order)
-        prompt, answer_ids = self.text_ids(row, with_answer)
+        # A shuffled order is seldom seen twice: not kept, or the cache would grow by 24 entries per question.
+        prompt, answer_ids = self.text_ids(row, with_answer, cache=not (with_answer and self.shuffle_choices))
         pixel_values, grid = self.images(row["image"], row.get("_scale", 1.0), row.get("_flip", False))
         n_image = int(grid.prod()) // (self.merge ** 2)
         at = prompt.index(self.image_token_id)
@@ -187,7 +231,9 @@ class MCVQACollator:
                             "it would cut into the image or the answer: lower --max_pixels or raise --max_length")
         positions = None
         if self.position_fn is not None:
-            key = (tuple(ids), tuple(grid.tolist()))
+            # M-RoPE positions depend only on where the image tokens sit and on the length (one image per row),
+            # so every option order of a row shares one entry.
+            key = (len(ids), at, n_image, tuple(grid.tolist()))
             positions = self._position_cache.get(key)
             if positions is None:
                 positions = self._position_cache[key] = self.position_fn(ids, grid)

@@ -84,6 +84,8 @@ class DataArguments:
     oversample: str = field(default=None, metadata={
         "help": "Repeat the training rows of some question types, e.g. 'colour=3,shape=3' (the type column, "
                 "or the type inferred from the question): rare, hard types get more steps; validation is unchanged."})
+    oversample_by: str = field(default="question_type", metadata={
+        "help": "The train.csv column whose values --oversample names, e.g. a finer group column than the type."})
     blank_images: bool = field(default=False, metadata={
         "help": "Ablation: replace every image by a grey one, to measure what the text alone allows."})
 
@@ -134,10 +136,10 @@ def check_args(model_args, data_args, args):
     collect(problems, "invalid arguments:")
 
 
-def oversample_factors(spec, types):
-    """`--oversample 'colour=3,shape=1.5'` -> {type: factor}, checked against the training rows' types."""
+def oversample_factors(spec, values, column="question_type"):
+    """`--oversample 'colour=3,shape=1.5'` -> {value: factor}, checked against the training rows' `column`."""
     factors, problems = {}, []
-    known = sorted(set(map(str, types)))
+    known = sorted(set(map(str, values)))
     for item in [x.strip() for x in spec.split(",") if x.strip()]:
         name, _, value = (x.strip() for x in item.partition("="))
         try:
@@ -146,20 +148,21 @@ def oversample_factors(spec, types):
             problems.append(f"--oversample {item!r}: expected type=factor, e.g. colour=3")
             continue
         if name not in known:
-            problems.append(f"--oversample: no question type {name!r} in the training rows (types: {', '.join(known)})")
+            what = "question type" if column == "question_type" else f"{column!r} value"
+            problems.append(f"--oversample: no {what} {name!r} in the training rows (values: {', '.join(known)})")
         elif factors[name] < 1:
             problems.append(f"--oversample {item!r}: the factor must be at least 1")
     collect(problems, "invalid arguments:")
     return factors
 
 
-def oversample(df, factors, seed):
-    """Rows of each named question type repeated `factor` times (a fraction adds a random share), shuffled."""
+def oversample(df, factors, seed, column="question_type"):
+    """Rows of each named `column` value repeated `factor` times (a fraction adds a random share), shuffled."""
     import pandas as pd
 
     parts = [df]
     for name, factor in factors.items():
-        rows = df[df["question_type"] == name]
+        rows = df[df[column] == name]
         whole, rest = int(factor) - 1, factor - int(factor)
         parts += [rows] * whole + [rows.sample(frac=rest, random_state=seed)] * (rest > 0)
     return pd.concat(parts).sample(frac=1.0, random_state=seed)
@@ -223,7 +226,13 @@ def main(argv=None):
     # ---- Data ------------------------------------------------------------------------------------
     check_model_folder(model_args.model_name_or_path, model_args.trust_remote_code)
     train_df = load_split(data_args.data_dir, "train")
-    factors = oversample_factors(data_args.oversample, train_df["question_type"]) if data_args.oversample else None
+    factors = None
+    if data_args.oversample:
+        if data_args.oversample_by not in train_df.columns:
+            columns = ", ".join(c for c in train_df.columns if c not in ("image", "question", *LETTERS))
+            raise UserError(f"--oversample_by {data_args.oversample_by!r}: no such column in "
+                            f"{Path(data_args.data_dir) / 'train.csv'} (columns: {columns})")
+        factors = oversample_factors(data_args.oversample, train_df[data_args.oversample_by], data_args.oversample_by)
     state = PartialState()
     with state.main_process_first():
         folds = assign_folds(train_df, data_args.n_folds, args.seed, output_root)
@@ -232,7 +241,7 @@ def main(argv=None):
     if data_args.max_train_samples:
         fit_df = fit_df.sample(n=min(len(fit_df), data_args.max_train_samples), random_state=args.seed)
     if factors:
-        fit_df = oversample(fit_df, factors, args.seed)
+        fit_df = oversample(fit_df, factors, args.seed, data_args.oversample_by)
     eval_df = val_df
     if data_args.max_eval_samples and len(val_df) > data_args.max_eval_samples:
         eval_df = val_df.sample(n=data_args.max_eval_samples, random_state=args.seed)

@@ -4,6 +4,9 @@
 
 Writes OUT/train.csv, OUT/test.csv (no answers), OUT/sample_submission.csv (id,answer = "a") and
 OUT/test_answers.csv (id,answer), with columns id, path, question, a, b, c, d, answer, type.
+train.csv also has `group`, the type split finer for `--oversample_by group`: yes/no questions become
+"yes/no-colour-present", "yes/no-shape-absent", ... (whether the colour or shape asked about is in the
+image; a question's wording makes most answers predictable: 7 of 8 "is there a red shape?" are "no").
 `--n_train 0` / `--n_test 0` (the default) keep every question (38,575 train / 9,673 test).
 Image paths are absolute paths into the installed package, or with --copy_images the images are
 copied to OUT/images/{train,test}/ and the CSVs use paths relative to OUT.
@@ -37,6 +40,18 @@ SHAPES = ("circle", "rectangle", "triangle")
 
 def question_type(answer):
     return "yes/no" if answer in YES_NO else "shape" if answer in SHAPES else "colour"
+
+
+def question_group(question, answer, colours):
+    """The type, and for yes/no whether it asks about a colour or a shape and whether that is in the image."""
+    kind = question_type(answer)
+    if kind != "yes/no":
+        return kind
+    words = question.rstrip("?").split()
+    subject = "colour" if any(w in colours for w in words) else "shape"
+    negated = "not" in words or words[:2] == ["is", "no"]
+    present = (answer == "yes") != negated
+    return f"yes/no-{subject}-{'present' if present else 'absent'}"
 
 
 def make_options(answer, colours, rng, position):
@@ -85,9 +100,10 @@ def build_split(split, questions, answers, image_ids, image_paths, n, rng, colou
                 **dict(zip(LETTERS, opts)),
                 "answer": LETTERS[int(pos)],
                 "type": question_type(answer),
+                "group": question_group(questions[i], answer, colours),
             }
         )
-    return pd.DataFrame(rows, columns=["id", "path", "question", *LETTERS, "answer", "type"])
+    return pd.DataFrame(rows, columns=["id", "path", "question", *LETTERS, "answer", "type", "group"])
 
 
 def parse_args(argv=None):
@@ -124,6 +140,8 @@ def main(argv=None):
         args.n_test, rng_test, colours, out, args.copy_images,
     )
     write_csv(out / "train.csv", train)
+    # The group tells present from absent, which with the question gives the answer away.
+    test = test.drop(columns=["group"])
     write_csv(out / "test.csv", test.drop(columns=["answer"]))
     write_csv(out / "sample_submission.csv", pd.DataFrame({"id": test["id"], "answer": "a"}))
     write_csv(out / "test_answers.csv", test[["id", "answer"]])

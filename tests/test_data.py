@@ -481,3 +481,47 @@ def test_prepare_easy_vqa_bad_n_train(tmp_path, capsys):
         _load_prepare().main(["--out", str(tmp_path / "x"), "--n_train", "99999999"])
     assert exc.value.code == 2
     assert "--n_train 99999999 is out of range" in capsys.readouterr().err
+
+
+def test_prepare_easy_vqa_group_says_whether_the_asked_thing_is_in_the_image(easy_dir):
+    """`group` checked against the image's own colour and shape, read off its colour/shape questions."""
+    import easy_vqa
+
+    qs, ans, image_ids = easy_vqa.get_train_questions()
+    colour_of, shape_of = {}, {}
+    for q, a, img in zip(qs, ans, image_ids):
+        if "color" in q:
+            colour_of[img] = a
+        elif "shape" in q and a in ("circle", "rectangle", "triangle"):
+            shape_of[img] = a
+    train = pd.read_csv(easy_dir / "train.csv", dtype=str)
+    assert "group" not in pd.read_csv(easy_dir / "test.csv", dtype=str).columns
+    checked = 0
+    for row in train.itertuples():
+        if row.type != "yes/no":
+            assert row.group == row.type
+            continue
+        img = image_ids[int(row.id.split("_")[1])]
+        words = row.question.rstrip("?").split()
+        asked_colour = next((w for w in words if w in set(colour_of.values())), None)
+        truth = colour_of.get(img) if asked_colour else shape_of.get(img)
+        if truth is None:
+            continue
+        asked = asked_colour or next(w for w in words if w in ("circle", "rectangle", "triangle"))
+        subject = "colour" if asked_colour else "shape"
+        assert row.group == f"yes/no-{subject}-{'present' if asked == truth else 'absent'}", row.question
+        checked += 1
+    assert checked > 50
+
+
+def test_oversample_by_another_column(easy_dir):
+    from mcvqa.errors import UserError
+    from train_lora import oversample, oversample_factors
+
+    df = load_split(easy_dir, "train")
+    counts = df["group"].value_counts()
+    out = oversample(df, oversample_factors("yes/no-colour-present=4", df["group"], "group"), 0, "group")
+    assert out["group"].value_counts()["yes/no-colour-present"] == 4 * counts["yes/no-colour-present"]
+    assert len(out) == len(df) + 3 * counts["yes/no-colour-present"]
+    with pytest.raises(UserError, match="no 'group' value 'yes/no-present'"):
+        oversample_factors("yes/no-present=2", df["group"], "group")

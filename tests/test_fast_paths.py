@@ -82,3 +82,47 @@ def test_frozen_vision_tower_runs_no_backward_under_checkpointed_lora(tiny_model
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "language_model" in n)
     if lora_vision:
         assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "visual" in n)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("template", [None, "{question}\n{options}"])
+def test_shuffled_rows_get_the_chat_templates_own_ids(tiny_models, rows, arch, template):
+    """The substituted user turn (no template rendering per row) equals rendering the template, every order."""
+    import itertools
+
+    from mcvqa.modeling import load_processor
+    from mcvqa.tta import permute
+
+    processor = load_processor(tiny_models[arch], 56 * 56, 56 * 56)
+    collator = MCVQACollator(processor, 56 * 56, 56 * 56, template=template)
+    for row in rows[:3]:
+        for order in itertools.permutations(range(4)):
+            shown = permute(row, list(order))
+            options = [shown[k] for k in "abcd"]
+            fast = collator.text_ids(shown, with_answer=True, cache=False)
+            assert collator._frames[template] is not False
+            assert fast == collator._rendered_ids(shown["question"], options, shown["answer"], template)
+
+
+def test_a_template_that_rewrites_the_user_text_keeps_the_rendering_path(tiny_models, rows):
+    from mcvqa.modeling import load_processor
+
+    processor = load_processor(tiny_models["qwen2_5_vl"], 56 * 56, 56 * 56)
+    processor.chat_template = processor.chat_template.replace("content['text']", "content['text'] | upper")
+    collator = MCVQACollator(processor, 56 * 56, 56 * 56)
+    ids, _ = collator.text_ids(rows[0], with_answer=True)
+    assert collator._frames[None] is False
+    assert processor.tokenizer.decode(ids).count(rows[0]["question"].upper()) == 1
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_one_cached_position_entry_serves_every_option_order(tiny_models, rows, arch):
+    processor, model = _setup(tiny_models, arch, 56 * 56 if arch != "qwen3_vl" else 64 * 64)
+    pixels = 56 * 56 if arch != "qwen3_vl" else 64 * 64
+    collator = MCVQACollator(processor, pixels, pixels, shuffle_choices=True, seed=3)
+    collator.position_fn = rope_positions(model, collator.image_token_id)
+    fresh = rope_positions(model, collator.image_token_id)
+    for _ in range(6):
+        enc = collator.encode(rows[0])
+        assert torch.equal(enc.position_ids, fresh(enc.input_ids, enc.grid_thw))
+    assert len(collator._position_cache) == 1

@@ -247,6 +247,12 @@ def _(c):
             ["--oversample", "'color'", "colour"])
 
 
+@case("oversample_by_unknown_column", "train_lora.py")
+def _(c):
+    return (train_args(c.model, c.data, c.never, "--oversample", "x=2", "--oversample_by", "grop"), c.never,
+            ["--oversample_by 'grop': no such column", "train.csv", "question_type"])
+
+
 @case("config_unknown_key", "train_lora.py")
 def _(c):
     cfg = c.tmp / "unknown_key.yaml"
