@@ -15,8 +15,10 @@ read the language-model head only there (`mcvqa.scoring`). A scoring batch (no a
 generation prompt, so its answer index is the last position.
 
 What never changes between epochs is computed once and cached: each image is decoded, resized and
-normalised once per view (easy-VQA shows an image under ~10 questions); each prompt is tokenised once
-per option order. Only the image-token expansion, padding and stacking happen per batch.
+normalised once per view (easy-VQA shows an image under ~10 questions); the chat template is rendered
+once and each row's user turn substituted into it (every shuffled option order is new text to tokenise,
+not a new template rendering); M-RoPE positions are cached per row layout. Only tokenising a shuffled
+prompt, the image-token expansion, padding and stacking happen per batch.
 """
 
 import math

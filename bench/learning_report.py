@@ -39,6 +39,10 @@ def main():
     ap.add_argument("--blank", default="blank", help="its blank-image twin")
     ap.add_argument("--command", default="bash bench/learning.sh")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default=None, help="the GPU the runs used, when summarising them elsewhere "
+                                                     "(default: this machine's)")
+    ap.add_argument("--concurrent", type=int, default=None,
+                    help="runs that shared the GPU with the main run (default: the run folders counted)")
     a = ap.parse_args()
     import torch
 
@@ -57,12 +61,12 @@ def main():
         "blank_image_accuracy": blank["accuracy"], "blank_image_accuracy_by_type": blank["accuracy_by_type"],
         "margin_over_blank": None if blank["accuracy"] is None else main_run["accuracy"] - blank["accuracy"],
         "minutes": main_run["minutes"], "samples_per_s": main_run["samples_per_s"],
-        "concurrent_runs_on_the_gpu": len(trained), "n_test": int(len(answers)),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "concurrent_runs_on_the_gpu": a.concurrent or len(trained), "n_test": int(len(answers)),
+        "device": a.device or (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"),
         "runs": every, "command": a.command,
         "note": "every run: a tiny random-init Qwen2.5-VL trained on all 38,575 easy-VQA train questions (--fold -1), "
                 "scored without TTA on held-out easy-VQA test questions; blank: the main run's settings with every "
-                "image grey" + ("; the runs shared one GPU, so samples_per_s is per run" if len(trained) > 1 else ""),
+                "image grey" + ("; the runs shared one GPU, so samples_per_s is per run" if (a.concurrent or len(trained)) > 1 else ""),
     }
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

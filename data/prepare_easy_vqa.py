@@ -5,8 +5,11 @@
 Writes OUT/train.csv, OUT/test.csv (no answers), OUT/sample_submission.csv (id,answer = "a") and
 OUT/test_answers.csv (id,answer), with columns id, path, question, a, b, c, d, answer, type.
 train.csv also has `group`, the type split finer for `--oversample_by group`: yes/no questions become
-"yes/no-colour-present", "yes/no-shape-absent", ... (whether the colour or shape asked about is in the
-image; a question's wording makes most answers predictable: 7 of 8 "is there a red shape?" are "no").
+"yes/no-colour-plain-present", "yes/no-shape-negated-absent", ...: whether it asks about a colour or a
+shape, whether it is negated ("is there not a ..."), and whether the thing asked about is in the image.
+The answer is (present XOR negated), and the wording alone makes most of them predictable: 7 of 8
+"is there a red shape?" are "no". Oversampling the plain-present rows gives the model questions where
+only the image can tell.
 `--n_train 0` / `--n_test 0` (the default) keep every question (38,575 train / 9,673 test).
 Image paths are absolute paths into the installed package, or with --copy_images the images are
 copied to OUT/images/{train,test}/ and the CSVs use paths relative to OUT.
@@ -51,7 +54,7 @@ def question_group(question, answer, colours):
     subject = "colour" if any(w in colours for w in words) else "shape"
     negated = "not" in words or words[:2] == ["is", "no"]
     present = (answer == "yes") != negated
-    return f"yes/no-{subject}-{'present' if present else 'absent'}"
+    return f"yes/no-{subject}-{'negated' if negated else 'plain'}-{'present' if present else 'absent'}"
 
 
 def make_options(answer, colours, rng, position):

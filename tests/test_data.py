@@ -509,7 +509,10 @@ def test_prepare_easy_vqa_group_says_whether_the_asked_thing_is_in_the_image(eas
             continue
         asked = asked_colour or next(w for w in words if w in ("circle", "rectangle", "triangle"))
         subject = "colour" if asked_colour else "shape"
-        assert row.group == f"yes/no-{subject}-{'present' if asked == truth else 'absent'}", row.question
+        negated = "not" in words or words[:2] == ["is", "no"]
+        present = asked == truth
+        assert row.group == f"yes/no-{subject}-{'negated' if negated else 'plain'}-{'present' if present else 'absent'}"
+        assert (row.answer and getattr(row, row.answer)) == ("yes" if present != negated else "no"), row.question
         checked += 1
     assert checked > 50
 
@@ -520,8 +523,8 @@ def test_oversample_by_another_column(easy_dir):
 
     df = load_split(easy_dir, "train")
     counts = df["group"].value_counts()
-    out = oversample(df, oversample_factors("yes/no-colour-present=4", df["group"], "group"), 0, "group")
-    assert out["group"].value_counts()["yes/no-colour-present"] == 4 * counts["yes/no-colour-present"]
-    assert len(out) == len(df) + 3 * counts["yes/no-colour-present"]
+    out = oversample(df, oversample_factors("yes/no-colour-plain-present=4", df["group"], "group"), 0, "group")
+    assert out["group"].value_counts()["yes/no-colour-plain-present"] == 4 * counts["yes/no-colour-plain-present"]
+    assert len(out) == len(df) + 3 * counts["yes/no-colour-plain-present"]
     with pytest.raises(UserError, match="no 'group' value 'yes/no-present'"):
         oversample_factors("yes/no-present=2", df["group"], "group")
