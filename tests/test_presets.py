@@ -1,4 +1,5 @@
-"""Every YAML preset in configs/ parses into train_lora.py's arguments and builds the Trainer's arguments.
+"""Every YAML preset in configs/, and bench/learning.yaml, parses into train_lora.py's arguments and builds
+the Trainer's arguments.
 
 No model is loaded: this checks the keys (exactly the flag names), the values' types and choices, and
 that TrainingArguments accepts the combination, as `accelerate launch train_lora.py --config ...` would.
@@ -16,7 +17,7 @@ from mcvqa.cli import parse_args
 from mcvqa.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = sorted((REPO / "configs").glob("*.yaml"))
+PRESETS = sorted((REPO / "configs").glob("*.yaml")) + [REPO / "bench" / "learning.yaml"]
 ACCELERATE_CONFIGS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
 TYPES = (train_lora.ModelArguments, train_lora.DataArguments, train_lora.TrainingArguments)
 EXPECTED_PRESETS = {"cpu_tiny.yaml", "t4x2_qwen2.5vl_3b_qlora.yaml", "t4x2_qwen2.5vl_7b_qlora.yaml",
