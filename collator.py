@@ -131,7 +131,7 @@ class MCVQACollator:
         self._text_cache = {}
         self._frames = {}
         self._answer_ids = {}
-        # M-RoPE positions of one row depend only on its own tokens: computed once per row (see rope_positions).
+        # M-RoPE positions depend only on a row's layout: computed once per layout (see rope_positions, encode).
         self.position_fn = position_fn
         self._position_cache = {}
 
@@ -189,10 +189,13 @@ class MCVQACollator:
             frame = self._frames[template] = self._make_frame(question, options, answer, template)
         if frame is False or (answer is not None and (template, answer) not in self._answer_ids):
             return None
-        before, after = frame
-        text = before + user_text(question, options, template) + after
-        prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompt = self._framed_ids(frame, question, options, template)
         return prompt, (list(self._answer_ids[(template, answer)]) if answer is not None else [])
+
+    def _framed_ids(self, frame, question, options, template):
+        before, after = frame
+        return self.tokenizer(before + user_text(question, options, template) + after,
+                              add_special_tokens=False)["input_ids"]
 
     def _make_frame(self, question, options, answer, template):
         marker = "\x00mcvqa-user-text\x00"
@@ -201,11 +204,8 @@ class MCVQACollator:
         if text.count(marker) != 1:
             return False
         frame = tuple(text.split(marker))
-        reference = self._rendered_ids(question, options, answer, template)
-        before, after = frame
-        substituted = self.tokenizer(before + user_text(question, options, template) + after,
-                                     add_special_tokens=False)["input_ids"]
-        return frame if substituted == reference[0] else False
+        reference, _ = self._rendered_ids(question, options, answer, template)
+        return frame if self._framed_ids(frame, question, options, template) == reference else False
 
     # -- one row ------------------------------------------------------------------------------------
     def encode(self, row, view=identity):
