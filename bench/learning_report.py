@@ -55,18 +55,19 @@ def main():
         sys.exit(f"error: {runs / a.main}: no full/test_probs.csv (the run did not finish; see its train log); "
                  f"scored runs: {', '.join(every) or 'none'}")
     main_run = every[a.main]
+    concurrent = a.concurrent or len(trained)
     blank = every.get(a.blank, {"accuracy": None, "accuracy_by_type": None})  # BLANK=0: no twin this time
     result = {
         "accuracy": main_run["accuracy"], "accuracy_by_type": main_run["accuracy_by_type"],
         "blank_image_accuracy": blank["accuracy"], "blank_image_accuracy_by_type": blank["accuracy_by_type"],
         "margin_over_blank": None if blank["accuracy"] is None else main_run["accuracy"] - blank["accuracy"],
         "minutes": main_run["minutes"], "samples_per_s": main_run["samples_per_s"],
-        "concurrent_runs_on_the_gpu": a.concurrent or len(trained), "n_test": int(len(answers)),
+        "concurrent_runs_on_the_gpu": concurrent, "n_test": int(len(answers)),
         "device": a.device or (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"),
         "runs": every, "command": a.command,
         "note": "every run: a tiny random-init Qwen2.5-VL trained on all 38,575 easy-VQA train questions (--fold -1), "
                 "scored without TTA on held-out easy-VQA test questions; blank: the main run's settings with every "
-                "image grey" + ("; the runs shared one GPU, so samples_per_s is per run" if (a.concurrent or len(trained)) > 1 else ""),
+                "image grey" + ("; the runs shared one GPU, so samples_per_s is per run" if concurrent > 1 else ""),
     }
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

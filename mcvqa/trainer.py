@@ -30,7 +30,6 @@ def divergence_advice(value, step, precision, checkpoint):
 
 def last_complete_checkpoint(checkpoints_dir):
     """The newest checkpoint that finished writing (trainer_state.json is saved last), or None."""
-
     ckpts = sorted(Path(checkpoints_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
                    key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
     for ckpt in reversed(ckpts):
