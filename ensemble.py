@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Blend the test probabilities of every trained model into one submission.
 
-Reads every OUTPUT_DIR/<model>/fold*/test_probs.csv (written by predict.py), averages each model's folds,
+Reads the test_probs.csv of every fold folder under OUTPUT_DIR (written by predict.py; any depth, see
+mcvqa.runs), refuses any that no longer match its fold's weights or the data folder (artefacts.json),
+averages each model's folds,
 fits a temperature per model on its out-of-fold probabilities (oof_tta.csv when present, else oof.csv),
 fits non-negative blend weights summing to 1 on the OOF rows common to all models, and writes
 OUTPUT_DIR/submission.csv (one letter per id of DATA_DIR/sample_submission.csv, same order and columns),
@@ -73,7 +75,7 @@ class EnsembleArguments:
 def main(args: EnsembleArguments):
     from mcvqa import ensemble as ens
 
-    models = ens.discover_models(args.output_dir, args.files)
+    models = ens.discover_models(args.output_dir, args.files, data_dir=args.data_dir)
     template = ens.load_template(args.data_dir)
     id_col, _ = ens.template_columns(template)
     ens.load_models(models, template[id_col].astype(str).tolist())

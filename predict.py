@@ -5,9 +5,11 @@
     accelerate launch predict.py --tta                      # each GPU scores a shard, rank 0 writes
     python predict.py --merge_and_save merged/ --folds 1    # fold 1's adapter merged into a standalone model
 
-For each fold folder (one with train_config.json) it writes fold{K}/test_probs.csv (id,a,b,c,d; rows sum
-to 1). With --tta it also re-scores the fold's out-of-fold rows under the same views (oof_tta.csv) so the
-ensemble calibrates what it blends; --keep_views keeps one file per view in fold{K}/views/.
+For each fold folder (fold<K> or full with train_config.json, at any depth under --output_dir: mcvqa.runs)
+it writes fold{K}/test_probs.csv (id,a,b,c,d; rows sum to 1). With --tta it also re-scores the fold's
+out-of-fold rows under the same views (oof_tta.csv) so the ensemble calibrates what it blends;
+--keep_views keeps one file per view in fold{K}/views/. Each file's provenance (the weights and data file
+it came from) goes into fold{K}/artefacts.json, which ensemble.py checks.
 No generate(): the model reads the a/b/c/d logits after the generation prompt (mcvqa.scoring).
 """
 
@@ -44,58 +46,41 @@ class PredictArguments:
 
 
 def find_folds(output_dir, only=None):
-    """Fold folders (with train_config.json and saved weights) under a run folder or a folder of runs."""
+    """Fold folders under a run folder or a folder of runs (mcvqa.runs.find_folds), each with a usable record."""
+    from mcvqa.runs import find_folds as find
+
     root = Path(output_dir)
     if not root.is_dir():
         raise UserError(f"--output_dir {root}: folder not found; train first: accelerate launch train_lora.py --fold 1")
-    found = sorted(p.parent for p in root.glob("**/train_config.json") if "checkpoints" not in p.parts)
-    if only:
-        wanted = {f if f == "full" or f.startswith("fold") else f"fold{f}" for f in only}
-        found = [p for p in found if p.name in wanted]
+    found = find(root, only)
     if not found:
         what = f" matching --folds {' '.join(only)}" if only else ""
-        raise UserError(f"--output_dir {root}: no trained fold{what} (a fold folder holds train_config.json); "
-                        "train first: accelerate launch train_lora.py --fold 1")
-    missing = [str(p) for p in found if not any(p.glob("*.safetensors"))]
-    collect([f"{p}: no weights (adapter_model.safetensors or model.safetensors)" for p in missing])
+        raise UserError(f"--output_dir {root}: no trained fold{what} (a fold folder is fold<K> or full and holds "
+                        "train_config.json); train first: accelerate launch train_lora.py --fold 1")
     return found
 
 
 def load_fold(fold_dir, precision):
-    """Processor and model of a trained fold, set up exactly as in training."""
-    import json
+    """(run record, processor, model, collator) of a trained fold, set up exactly as in training."""
+    from mcvqa.runs import RunRecord, build, check_weights
 
-    from mcvqa.modeling import check_model_folder, load_model, load_processor
-
-    config = json.loads((fold_dir / "train_config.json").read_text())
-    m = config["model"]
-    try:
-        check_model_folder(m["model_name_or_path"], m["trust_remote_code"])
-    except UserError as err:
-        raise UserError(f"{fold_dir / 'train_config.json'}: the fold's base model: {err}") from None
-    processor = load_processor(m["model_name_or_path"], m["min_pixels"], m["max_pixels"], m["trust_remote_code"])
-    is_adapter = (fold_dir / "adapter_config.json").is_file()
-    model, _ = load_model(
-        m["model_name_or_path"] if is_adapter else str(fold_dir), precision=precision,
-        quantization=m["quantization"], attn_implementation=m["attn_implementation"], full_finetune=not is_adapter,
-        gradient_checkpointing=False, adapter_path=str(fold_dir) if is_adapter else None,
-        trust_remote_code=m["trust_remote_code"])
-    return config, processor, model
+    record = RunRecord.load(fold_dir)
+    check_weights(fold_dir, record)
+    built = build(record, fold_dir, precision=precision)
+    return record, built
 
 
 @report_user_errors
 def main(argv=None):
-    import numpy as np
     import pandas as pd
     import torch
     from accelerate import PartialState
 
-    from collator import MCVQACollator, option_letter_ids, rope_positions
     from mcvqa import LETTERS
     from mcvqa.data import load_split
-    from mcvqa.io import write_csv
+    from mcvqa.metrics import accuracy, indices_to_letters, letters_to_indices
     from mcvqa.modeling import resolve_precision
-    from mcvqa.prompts import parse_templates
+    from mcvqa.runs import check_artefact
     from mcvqa.scoring import predict_probs
     from mcvqa.tta import average, named_views
 
@@ -105,7 +90,7 @@ def main(argv=None):
     problems = []
     try:
         scales = tuple(float(s) for s in args.tta_scales.split(","))
-        if any(s <= 0 for s in scales):
+        if any(not 0 < s < 100 for s in scales):
             raise ValueError
     except ValueError:
         problems.append(f"--tta_scales {args.tta_scales!r}: expected positive numbers such as 0.9,1.0,1.1")
@@ -123,20 +108,16 @@ def main(argv=None):
     precision, dtype = resolve_precision(args.precision)
     autocast = dtype if precision in ("bf16", "fp16") else None
     state = PartialState()
+    data_files = {"test": Path(args.data_dir) / "test.csv", "oof": Path(args.data_dir) / "train.csv"}
 
     for fold_dir in folds:
         # ---- Model -----------------------------------------------------------------------------------
-        config, processor, model = load_fold(fold_dir, args.precision)
-        model.to(state.device)
-        m, d = config["model"], config["data"]
-        collator = MCVQACollator(processor, min_pixels=m["min_pixels"], max_pixels=m["max_pixels"], train=False,
-                                 template=d["prompt_template"], max_length=d["max_length"],
-                                 blank_images=d.get("blank_images", False),
-                                 templates_by_type=parse_templates(d["templates_by_type"]))
-        collator.position_fn = rope_positions(model, collator.image_token_id)
-        letter_ids = option_letter_ids(processor.tokenizer)
+        record, built = load_fold(fold_dir, args.precision)
+        model = built.model.to(state.device)
         jobs = [("test", test_df)]
         if score_oof and (fold_dir / "oof.csv").is_file():
+            # The rows to re-score come from the fold's own OOF file: it must be this model's, on this train.csv.
+            check_artefact(fold_dir, "oof.csv", args.data_dir, record)
             oof_ids = set(pd.read_csv(fold_dir / "oof.csv", dtype=str, keep_default_na=False)["id"])
             jobs.append(("oof", train_df[train_df["id"].isin(oof_ids)]))
         # ---- Score -----------------------------------------------------------------------------------
@@ -144,7 +125,7 @@ def main(argv=None):
             rows = df.to_dict("records")
             shard = list(range(state.process_index, len(rows), state.num_processes))
             try:
-                per_view = predict_probs(model, collator, [rows[i] for i in shard], letter_ids, views,
+                per_view = predict_probs(model, built.collator, [rows[i] for i in shard], built.letter_ids, views,
                                          batch_size=args.batch_size, device=state.device, dtype=autocast,
                                          progress=args.progress and state.is_main_process,
                                          desc=f"{fold_dir.name} {kind}")
@@ -159,24 +140,40 @@ def main(argv=None):
                 out = pd.DataFrame({"id": df["id"].to_numpy(), **{l: p[:, i] for i, l in enumerate(LETTERS)}})
                 if kind == "oof":
                     out["answer"] = df["answer"].to_numpy()
-                    out["pred"] = [LETTERS[i] for i in p.argmax(1)]
+                    out["pred"] = indices_to_letters(p.argmax(1))
                     out["question_type"] = df["question_type"].to_numpy()
                 return out
 
             name = "test_probs" if kind == "test" else "oof_tta"
+            written = []
             if args.keep_views:
                 for view_name, p in per_view.items():
-                    write_csv(fold_dir / "views" / f"{name}.{view_name}.csv", frame(p))
+                    written.append((f"views/{name}.{view_name}.csv", frame(p), [view_name]))
             probs = average(list(per_view.values()), args.tta_space)
-            write_csv(fold_dir / f"{name}.csv", frame(probs))
+            written.append((f"{name}.csv", frame(probs), list(views)))
+            for rel, table, view_names in written:
+                save_artefact(fold_dir, rel, table, data_files[kind], view_names, record.weights)
             if kind == "oof":
-                acc = float((probs.argmax(1) == np.array([LETTERS.index(a) for a in df["answer"]])).mean())
+                acc = accuracy(probs, letters_to_indices(df["answer"]))
                 print(f"{fold_dir}: oof accuracy with {len(views)} view(s) {acc:.3f}", flush=True)
         if state.is_main_process:
             print(f"{fold_dir}: wrote test_probs.csv ({len(test_df)} rows, {len(views)} view(s))", flush=True)
-        del model
+        del model, built
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def save_artefact(fold_dir, name, table, data_file, views, weights):
+    """Write one probabilities file and its provenance entry; a full or read-only disk is one clear line."""
+    from mcvqa.io import write_csv
+    from mcvqa.runs import record_artefact
+
+    try:
+        write_csv(fold_dir / name, table)
+        record_artefact(fold_dir, name, data_file=data_file, views=views, weights=weights)
+    except OSError as err:
+        raise UserError(f"{fold_dir / name}: cannot write ({err.strerror or err}); the previous file, if any, is "
+                        "unchanged: free space or make the folder writable, then run predict.py again") from None
 
 
 def gather_shards(per_view, shard, n, state):
@@ -204,8 +201,9 @@ def merge_and_save(folds, args):
     out = Path(args.merge_and_save)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--merge_and_save {out}: folder exists and is not empty")
-    config, processor, model = load_fold(fold_dir, "fp32" if args.precision == "auto" else args.precision)
-    if config["model"]["quantization"] != "none":
+    record, built = load_fold(fold_dir, "fp32" if args.precision == "auto" else args.precision)
+    model = built.model
+    if record.model.quantization != "none":
         raise UserError(f"{fold_dir}: trained on a quantised base; merging needs the unquantised weights "
                         "(re-train without --quantization, or serve base + adapter)")
     if hasattr(model, "merge_and_unload"):
@@ -218,7 +216,7 @@ def merge_and_save(folds, args):
     model.save_pretrained(tmp, safe_serialization=True)
     # The processor: the base model's own tokenizer/processor files (processor.save_pretrained fails for the
     # images-only processor built without torchvision), with the fold's pixel budget written into them.
-    base = config["model"]["model_name_or_path"]
+    base = record.model.model_name_or_path
     patterns = ["tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
                 "chat_template.json", "chat_template.jinja", "preprocessor_config.json", "processor_config.json",
                 "video_preprocessor_config.json"]
@@ -235,7 +233,7 @@ def merge_and_save(folds, args):
     prep_path = tmp / "preprocessor_config.json"
     if prep_path.is_file():
         prep = json.loads(prep_path.read_text(encoding="utf-8"))
-        lo, hi = int(config["model"]["min_pixels"]), int(config["model"]["max_pixels"])
+        lo, hi = int(record.model.min_pixels), int(record.model.max_pixels)
         prep["size"] = {**(prep.get("size") or {}), "shortest_edge": lo, "longest_edge": hi}
         prep.update({k: v for k, v in (("min_pixels", lo), ("max_pixels", hi)) if k in prep})
         prep_path.write_text(json.dumps(prep, indent=2), encoding="utf-8")

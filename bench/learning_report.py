@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mcvqa.runs import RunRecord  # noqa: E402
+
 
 def accuracy_by_type(probs_csv, answers, types):
     probs = pd.read_csv(probs_csv, dtype={"id": str}).set_index("id").loc[answers.index]
@@ -20,14 +23,14 @@ def describe(run, answers, types):
     """Test accuracy (overall, by type) and the run's own training figures."""
     metrics = json.loads((run / "full/metrics.json").read_text())
     state = json.loads((run / "full/trainer_state.json").read_text())
-    config = json.loads((run / "full/train_config.json").read_text())
+    record = RunRecord.load(run / "full")
     acc, by_type = accuracy_by_type(run / "full/test_probs.csv", answers, types)
-    flags = {k: v for k, v in {**config["data"], **config["model"]}.items()
+    flags = {k: v for part in (record.data, record.run, record.model) for k, v in vars(part).items()
              if k in ("oversample", "blank_images", "min_pixels", "max_pixels")}
     return {"accuracy": acc, "accuracy_by_type": by_type, "minutes": metrics["train_runtime"] / 60,
             "steps": state["global_step"], "epochs": state.get("epoch"),
             # The Trainer's own samples/s counts the planned epochs, not the steps a time budget allowed.
-            "samples_per_s": metrics.get("samples_per_s"), "learning_rate": config["training"]["learning_rate"],
+            "samples_per_s": metrics.get("samples_per_s"), "learning_rate": record.training["learning_rate"],
             "n_train_rows": metrics["n_train"], **flags}
 
 

@@ -8,7 +8,6 @@ together for the script. Labels are ints 0-3 for the letters a-d (`mcvqa.LETTERS
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,19 +18,14 @@ from scipy.special import log_softmax, softmax
 
 from mcvqa import LETTERS
 from mcvqa.errors import UserError, collect
+from mcvqa.metrics import EPS, SPACES, accuracy, average_probs, letters_to_indices, log_loss
+from mcvqa.runs import fold_sort_key
 
-EPS = 1e-12
 SUM_TOL = 1e-3  # rows of probabilities must sum to 1 within this
 RANGE_TOL = 1e-6  # probabilities may stray outside [0, 1] by this much (float noise)
 SHOW_IDS = 5  # how many offending ids an error message names
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 METHODS = ("auto", "mean", "weights", "vote")
-SPACES = ("prob", "logprob")
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line: HfArgumentParser + `--config file.yaml`
-# --------------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,33 +144,6 @@ def align(frames, ids):
 # --------------------------------------------------------------------------------------------------
 
 
-def labels_from_letters(letters):
-    """Map letters a-d to ints 0-3 (raises UserError on anything else)."""
-    lookup = {letter: i for i, letter in enumerate(LETTERS)}
-    try:
-        return np.array([lookup[str(x).strip().lower()] for x in letters], dtype=int)
-    except KeyError as err:
-        raise UserError(f"answer {err.args[0]!r} is not one of {', '.join(LETTERS)}") from None
-
-
-def log_loss(probs, labels):
-    """Mean negative log-likelihood of the true labels (probabilities clipped at 1e-12)."""
-    probs = np.asarray(probs, dtype=float)
-    labels = np.asarray(labels, dtype=int)
-    if len(labels) == 0:
-        return float("nan")
-    p = probs[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(p, EPS, 1.0))))
-
-
-def accuracy(probs, labels):
-    """Fraction of rows whose argmax is the true label."""
-    labels = np.asarray(labels, dtype=int)
-    if len(labels) == 0:
-        return float("nan")
-    return float(np.mean(np.argmax(np.asarray(probs), axis=1) == labels))
-
-
 def apply_temperature(probs, temperature):
     """softmax(log p / T): T > 1 softens over-confident probabilities, T < 1 sharpens them."""
     logp = np.log(np.clip(np.asarray(probs, dtype=float), EPS, 1.0))
@@ -201,19 +168,8 @@ def fit_temperature(probs, labels, bounds=TEMPERATURE_BOUNDS):
 
 
 def blend(list_of_probs, weights=None, space="prob"):
-    """Weighted blend of probability arrays: arithmetic mean (`prob`) or normalised geometric mean (`logprob`)."""
-    if space not in SPACES:
-        raise UserError(f"unknown blending space {space!r} (choose from {', '.join(SPACES)})")
-    stack = np.stack([np.asarray(p, dtype=float) for p in list_of_probs])
-    w = np.full(len(stack), 1.0 / len(stack)) if weights is None else np.asarray(weights, dtype=float)
-    if w.shape != (len(stack),):
-        raise ValueError(f"{len(stack)} probability arrays but {w.size} weights")
-    w = w / w.sum()
-    if space == "prob":
-        out = np.tensordot(w, stack, axes=1)
-        return out / out.sum(axis=1, keepdims=True)
-    logp = np.tensordot(w, np.log(np.clip(stack, EPS, 1.0)), axes=1)
-    return softmax(logp, axis=1)
+    """Weighted blend of probability arrays: `mcvqa.metrics.average_probs` (the TTA average too)."""
+    return average_probs(list_of_probs, weights, space)
 
 
 def fit_weights(list_of_oof_probs, labels, space="prob"):
@@ -336,12 +292,8 @@ def validate_submission(sub, template):
 
 
 # --------------------------------------------------------------------------------------------------
-# Run folders
+# Run folders (their layout is mcvqa.runs')
 # --------------------------------------------------------------------------------------------------
-
-# fold1, fold2, ... plus the all-rows run, whichever way it is spelled: foldfull, fold_full, fold-full, full
-_FOLD_RE = re.compile(r"^(?:fold[_-]?(\d+|full)|(full))$")
-
 
 @dataclass
 class Model:
@@ -358,20 +310,18 @@ class Model:
         return len(self.test_files)
 
 
-def _fold_key(path):
-    m = _FOLD_RE.match(Path(path).parent.name)
-    tag = (m.group(1) or m.group(2)) if m else ""
-    return (0, int(tag), "") if tag.isdigit() else (1, 0, str(path))
+def discover_models(output_dir, files=None, data_dir=None, log=print):
+    """Group test_probs files into models (one per run folder), each checked against its fold's provenance.
 
-
-def discover_models(output_dir, files=None):
-    """Group test_probs files into models (one per run folder).
-
-    Without `files`: every `OUTPUT_DIR/<run>/<fold>/test_probs.csv` (and `OUTPUT_DIR/<group>/<run>/<fold>/...`),
-    where <fold> is fold1, fold2, ... or the all-rows run (foldfull, fold_full or full).
-    With `files`: those files; a file inside `<run>/fold*/` belongs to model `<run>`, any other file
-    is a model by itself. Returns a list of `Model` sorted by name.
+    Without `files`: every fold folder under OUTPUT_DIR (`mcvqa.runs.find_folds`: any depth) with its
+    test_probs.csv; a run with some folds predicted and others not is refused, a run with none is skipped.
+    With `files`: those files; a file inside a fold folder belongs to that fold's run, any other file is a
+    model by itself (and has no provenance to check). Each fold's OOF file is `mcvqa.runs.oof_file`.
+    Files in fold folders that no longer match the fold's weights or `data_dir` raise UserError.
+    Returns a list of `Model` sorted by name.
     """
+    from mcvqa.runs import find_folds, is_fold_dir
+
     output_dir = Path(output_dir)
     if files:
         missing = [str(f) for f in files if not Path(f).is_file()]
@@ -383,18 +333,28 @@ def discover_models(output_dir, files=None):
                 f"output folder {output_dir} does not exist: run train_lora.py and predict.py first "
                 f"(or pass --output_dir / --files)"
             )
-        # OUTPUT_DIR may be one run folder (runs/<model>) or a folder of runs (runs/).
-        paths = sorted(set(output_dir.glob("*/test_probs.csv")) | set(output_dir.glob("*/*/test_probs.csv"))
-                       | set(output_dir.glob("*/*/*/test_probs.csv")))
-        paths = [p for p in paths if _FOLD_RE.match(p.parent.name)]
+        by_run = {}
+        for fold in find_folds(output_dir):
+            by_run.setdefault(fold.parent, []).append(fold)
+        paths, problems = [], []
+        for run, folds in by_run.items():
+            done = [f for f in folds if (f / "test_probs.csv").is_file()]
+            if not done:
+                log(f"skipped {run}: no fold has test_probs.csv (python predict.py --output_dir {run})")
+            elif len(done) < len(folds):
+                lacking = " ".join(f.name.replace("fold", "") for f in folds if f not in done)
+                problems.append(f"{run}: folds {lacking} are trained but not predicted: python predict.py "
+                                f"--output_dir {run} --folds {lacking} (or move those folds away)")
+            paths += [f / "test_probs.csv" for f in done]
+        collect(problems, "some trained folds have no test probabilities:")
         if not paths:
             raise UserError(
-                f"no test_probs.csv found under {output_dir}/<model>/fold*/: run predict.py first "
+                f"no test_probs.csv found in the fold folders under {output_dir}: run predict.py first "
                 f"(or pass --files)"
             )
     groups = {}
     for p in paths:
-        if _FOLD_RE.match(p.parent.name):
+        if is_fold_dir(p.parent):
             run = p.parent.parent
             try:
                 name = run.resolve().relative_to(output_dir.resolve()).as_posix()
@@ -405,22 +365,42 @@ def discover_models(output_dir, files=None):
         else:
             name = p.as_posix()
         model = groups.setdefault(name, Model(name=name))
-        if p in model.test_files:
-            continue
-        model.test_files.append(p)
-    models = []
-    for name in sorted(groups):
-        model = groups[name]
-        model.test_files.sort(key=_fold_key)
+        if p not in model.test_files:
+            model.test_files.append(p)
+    models = [groups[name] for name in sorted(groups)]
+    problems = []
+    for model in models:
+        model.test_files.sort(key=lambda p: fold_sort_key(p.parent))
         for tp in model.test_files:
-            if not _FOLD_RE.match(tp.parent.name):
+            if not is_fold_dir(tp.parent):
                 continue
-            for candidate in ("oof_tta.csv", "oof.csv"):
-                if (tp.parent / candidate).is_file():
-                    model.oof_files.append(tp.parent / candidate)
-                    break
-        models.append(model)
+            try:
+                oof = checked_fold_files(tp, data_dir)
+            except UserError as err:
+                problems.append(str(err))
+                continue
+            if oof is not None:
+                model.oof_files.append(oof)
+    collect(problems, "stale or unverifiable fold files (nothing was written):")
     return models
+
+
+def checked_fold_files(test_file, data_dir=None):
+    """Check a fold's test_probs file and the OOF file it is calibrated on; returns that OOF file (or None)."""
+    from mcvqa.runs import RunRecord, check_artefact, oof_file
+
+    fold_dir = test_file.parent
+    record = RunRecord.load(fold_dir)
+    test_entry = check_artefact(fold_dir, test_file.name, data_dir, record)
+    oof = oof_file(fold_dir)
+    if oof is not None:
+        oof_entry = check_artefact(fold_dir, oof.name, data_dir, record)
+        if oof.name == "oof_tta.csv" and oof_entry.get("views") != test_entry.get("views"):
+            raise UserError(f"{oof}: scored with other views ({len(oof_entry.get('views') or [])}) than "
+                            f"{test_file} ({len(test_entry.get('views') or [])}), so calibrating on it would not fit "
+                            f"what is blended; refresh both with the same flags: python predict.py --output_dir "
+                            f"{fold_dir.parent} --folds {fold_dir.name.replace('fold', '')} --score_oof [--tta ...]")
+    return oof
 
 
 def load_models(models, template_ids):
@@ -484,7 +464,7 @@ def common_oof(models):
     for m in with_oof[1:]:
         ids = ids.intersection(pd.Index(m.oof["id"]), sort=False)
     first = with_oof[0].oof.set_index("id")
-    labels = labels_from_letters(first.loc[ids, "answer"]) if len(ids) else np.zeros(0, int)
+    labels = letters_to_indices(first.loc[ids, "answer"]) if len(ids) else np.zeros(0, int)
     qtypes = None
     for m in with_oof:
         if "question_type" in m.oof.columns:
@@ -529,8 +509,12 @@ def run_ensemble(models, template, method="auto", temperature=True, space=None, 
     all_oof = all(m.oof is not None for m in models)
     if method == "auto":
         method = "weights" if len(models) >= 2 and all_oof else "mean"
-        log(f"method: auto -> {method}" + ("" if method == "weights" else
-            f" ({len(models)} model(s){'' if all_oof else ', not all with OOF'})"))
+        if method == "weights" and not common_oof(models)[0]:
+            method = "mean"
+            log("method: auto -> mean (the models' OOF files share no ids to fit weights on)")
+        else:
+            log(f"method: auto -> {method}" + ("" if method == "weights" else
+                f" ({len(models)} model(s){'' if all_oof else ', not all with OOF'})"))
     if method == "weights" and not all_oof:
         lacking = [m.name for m in models if m.oof is None]
         raise UserError(
@@ -544,7 +528,7 @@ def run_ensemble(models, template, method="auto", temperature=True, space=None, 
         scores = {"folds": m.n_folds, "oof_files": [str(p) for p in m.oof_files]}
         temps[m.name] = 1.0
         if m.oof is not None:
-            labels = labels_from_letters(m.oof["answer"])
+            labels = letters_to_indices(m.oof["answer"])
             probs = m.oof[list(LETTERS)].to_numpy(dtype=float)
             scores.update(oof_rows=len(labels), accuracy=accuracy(probs, labels), log_loss=log_loss(probs, labels))
             line = (f"  {m.name}: {m.n_folds} fold(s), OOF {len(labels)} rows, "

@@ -26,6 +26,23 @@ def conversation(question, options, answer=None, template=None):
     return messages
 
 
+def template_problem(template, flag="--prompt_template"):
+    """Why a user-turn template cannot be filled (unknown placeholder, stray brace), or None."""
+    import string
+
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as err:
+        return f"{flag} {template!r}: {err} (write a literal brace as {{{{ or }}}})"
+    unknown = sorted(fields - {"question", "options", "instruction"})
+    if unknown:
+        return (f"{flag} {template!r}: unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} "
+                "(allowed: {question}, {options}, {instruction})")
+    if "options" not in fields:
+        return f"{flag} {template!r}: has no {{options}}: the model would never see the options"
+    return None
+
+
 def parse_templates(text):
     """`--templates_by_type` (JSON or YAML text) -> {question_type: template}, or None when not given."""
     if not text:
@@ -38,4 +55,7 @@ def parse_templates(text):
         value = None
     if not isinstance(value, dict):
         raise UserError("--templates_by_type must be a mapping such as '{\"colour\": \"{question} ...\"}'")
+    problems = [template_problem(str(t), f"--templates_by_type {k!r}:") for k, t in value.items()]
+    if any(problems):
+        raise UserError("; ".join(p for p in problems if p))
     return value

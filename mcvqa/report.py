@@ -21,51 +21,8 @@ import pandas as pd  # noqa: E402
 from mcvqa import LETTERS  # noqa: E402
 from mcvqa.errors import UserError  # noqa: E402
 from mcvqa.io import write_text  # noqa: E402
-
-N_BINS = 10
-
-
-# --------------------------------------------------------------------------------------------------
-# Small numeric helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def _labels(letters):
-    lookup = {letter: i for i, letter in enumerate(LETTERS)}
-    return np.array([lookup[str(x).strip().lower()] for x in letters], dtype=int)
-
-
-def _log_loss(probs, labels):
-    p = probs[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(p, 1e-12, 1.0)))) if len(labels) else float("nan")
-
-
-def _accuracy(probs, labels):
-    return float(np.mean(probs.argmax(axis=1) == labels)) if len(labels) else float("nan")
-
-
-def reliability_bins(probs, labels, n_bins=N_BINS):
-    """Per confidence bin (max probability): (mean confidence, accuracy, count), and the ECE."""
-    probs = np.asarray(probs, dtype=float)
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == np.asarray(labels)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    mean_conf, acc, count = np.full(n_bins, np.nan), np.full(n_bins, np.nan), np.zeros(n_bins, int)
-    for b in range(n_bins):
-        mask = idx == b
-        count[b] = int(mask.sum())
-        if count[b]:
-            mean_conf[b], acc[b] = conf[mask].mean(), correct[mask].mean()
-    filled = count > 0
-    ece = float(np.sum(count[filled] * np.abs(acc[filled] - mean_conf[filled])) / max(len(conf), 1))
-    return mean_conf, acc, count, ece
-
-
-def confusion(labels, preds, k=len(LETTERS)):
-    m = np.zeros((k, k), dtype=int)
-    np.add.at(m, (np.asarray(labels, int), np.asarray(preds, int)), 1)
-    return m
+from mcvqa.metrics import (N_BINS, accuracy, accuracy_by_type, expected_calibration_error, letters_to_indices,  # noqa: E402
+                           log_loss, reliability_bins)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,7 +49,9 @@ def save_figure(fig, path):
 
 
 def plot_confusion(labels, preds, path, title="Confusion matrix"):
-    m = confusion(labels, preds)
+    from sklearn.metrics import confusion_matrix
+
+    m = confusion_matrix(labels, preds, labels=list(range(len(LETTERS))))
     fig, ax = plt.subplots(figsize=(4.6, 4))
     im = ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(len(LETTERS)), LETTERS)
@@ -118,7 +77,7 @@ def plot_reliability(curves, labels, path, title="Reliability diagram"):
         mean_conf, acc, count, ece = reliability_bins(probs, labels)
         filled = count > 0
         line, = ax.plot(mean_conf[filled], acc[filled], alpha=0.8,
-                        label=f"{name} (ECE {ece:.3f}, log-loss {_log_loss(np.asarray(probs), labels):.3f})")
+                        label=f"{name} (ECE {ece:.3f}, log-loss {log_loss(probs, labels):.3f})")
         # marker area grows with the bin's row count: sparse bins are visibly less trustworthy
         ax.scatter(mean_conf[filled], acc[filled], s=15 + 150 * np.sqrt(count[filled] / count.max()),
                    color=line.get_color(), alpha=0.8, zorder=3)
@@ -134,15 +93,10 @@ def plot_reliability(curves, labels, path, title="Reliability diagram"):
     return save_figure(fig, path)
 
 
-def accuracy_by_type(question_types, labels, preds):
-    df = pd.DataFrame({"type": np.asarray(question_types).astype(str), "ok": np.asarray(labels) == np.asarray(preds)})
-    return df.groupby("type")["ok"].agg(["mean", "size"]).sort_values("mean")
-
-
 def plot_accuracy_by_type(question_types, labels, preds, path, title="Accuracy by question type"):
-    table = accuracy_by_type(question_types, labels, preds)
+    table = accuracy_by_type(question_types, labels, preds).sort_values("accuracy")
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(table) + 1.5))
-    bars = ax.barh([str(t) for t in table.index], table["mean"], color="tab:blue")
+    bars = ax.barh([str(t) for t in table.index], table["accuracy"], color="tab:blue")
     for bar, (acc, n) in zip(bars, table.itertuples(index=False)):
         ax.text(min(bar.get_width() + 0.01, 0.9), bar.get_y() + bar.get_height() / 2, f"{acc:.3f} (n={n})",
                 va="center", fontsize=8)
@@ -228,37 +182,41 @@ def _md_image(title, path, out_dir):
 
 
 def _type_table(question_types, labels, preds):
-    table = accuracy_by_type(question_types, labels, preds).sort_index()
+    table = accuracy_by_type(question_types, labels, preds)
     lines = ["| question type | rows | accuracy |", "|---|---:|---:|"]
-    lines += [f"| {t} | {int(r['size'])} | {r['mean']:.4f} |" for t, r in table.iterrows()]
+    lines += [f"| {t} | {int(r['rows'])} | {r['accuracy']:.4f} |" for t, r in table.iterrows()]
     return "\n".join(lines) + "\n"
 
 
 def write_fold_report(fold_dir) -> Path:
-    """Plots + report.md for one fold from fold_dir/oof.csv (oof_tta.csv if oof.csv is absent) and trainer_state.json.
+    """Plots + report.md for one fold from its out-of-fold file (`mcvqa.runs.oof_file`: the same one the
+    ensemble reads) and trainer_state.json.
 
     Writes fold_dir/report/{confusion,reliability,accuracy_by_type,training_curves}.png (the last two only when
     there is a question_type column / a trainer_state.json with logs) and report.md; returns report.md's path.
     """
     fold_dir = Path(fold_dir)
-    oof_path = next((fold_dir / n for n in ("oof.csv", "oof_tta.csv") if (fold_dir / n).is_file()), None)
+    from mcvqa.runs import oof_file
+
+    oof_path = oof_file(fold_dir)
     if oof_path is None:
-        raise UserError(f"{fold_dir}: no oof.csv to report on (run train.py with a validation split first)")
+        raise UserError(f"{fold_dir}: no oof.csv to report on (train the fold with a validation split: "
+                        "train_lora.py --fold K, not --fold -1)")
     df = pd.read_csv(oof_path, dtype={"id": str, "answer": str, "question_type": str}, keep_default_na=False)
     missing = [c for c in ("id", *LETTERS, "answer") if c not in df.columns]
     if missing:
         raise UserError(f"{oof_path}: missing column(s) {', '.join(missing)}")
     try:
-        labels = _labels(df["answer"])
-    except KeyError as err:
-        raise UserError(f"{oof_path}: answer {err.args[0]!r} is not one of {', '.join(LETTERS)}") from None
+        labels = letters_to_indices(df["answer"])
+    except UserError as err:
+        raise UserError(f"{oof_path}: {err}") from None
     probs = df[list(LETTERS)].to_numpy(dtype=float)
     preds = probs.argmax(axis=1)
     out = fold_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
 
-    acc, ll = _accuracy(probs, labels), _log_loss(probs, labels)
-    ece = reliability_bins(probs, labels)[3]
+    acc, ll = accuracy(probs, labels), log_loss(probs, labels)
+    ece = expected_calibration_error(probs, labels)
     sections = [_md_image("Confusion matrix", plot_confusion(labels, preds, out / "confusion.png",
                                                              title=f"{fold_dir.parent.name}/{fold_dir.name}"), out)]
     sections.append(_md_image("Reliability", plot_reliability({"OOF": probs}, labels, out / "reliability.png"), out))
@@ -353,10 +311,10 @@ def write_ensemble_report(out_dir, ids, labels, probs_before, probs_after, quest
         "",
         f"Out-of-fold rows common to all models: {len(ids)}",
         "",
-        f"- blend accuracy **{_accuracy(after, labels):.4f}**",
-        f"- blend log-loss **{_log_loss(after, labels):.4f}** (before temperature scaling {_log_loss(before, labels):.4f})",
-        f"- expected calibration error {reliability_bins(after, labels)[3]:.4f} "
-        f"(before {reliability_bins(before, labels)[3]:.4f})",
+        f"- blend accuracy **{accuracy(after, labels):.4f}**",
+        f"- blend log-loss **{log_loss(after, labels):.4f}** (before temperature scaling {log_loss(before, labels):.4f})",
+        f"- expected calibration error {expected_calibration_error(after, labels):.4f} "
+        f"(before {expected_calibration_error(before, labels):.4f})",
         "",
         *model_lines,
     ]

@@ -1,5 +1,6 @@
 """The Trainer subclass: loss at the answer position only, a/b/c/d metrics, a guard against NaN/inf."""
 
+import json
 import math
 import time
 from pathlib import Path
@@ -10,7 +11,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mcvqa.errors import UserError
-from mcvqa.scoring import answer_logits, letter_logits, metrics_from_logits, target_letters
+from mcvqa.metrics import metrics_from_logits
+from mcvqa.scoring import answer_logits, letter_logits, target_letters
 
 
 def divergence_advice(value, step, precision, checkpoint):
@@ -28,14 +30,54 @@ def divergence_advice(value, step, precision, checkpoint):
     return f"the loss became {value} at step {step} ({precision}). {cause} {saved}"
 
 
-def last_complete_checkpoint(checkpoints_dir):
-    """The newest checkpoint that finished writing (trainer_state.json is saved last), or None."""
+def checkpoint_problem(checkpoint):
+    """Why a Trainer checkpoint folder cannot be resumed (interrupted or damaged while saving), or None."""
+    from mcvqa.runs import safetensors_problem
+
+    checkpoint = Path(checkpoint)
+    state = checkpoint / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (interrupted while saving)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "trainer_state.json is truncated or unreadable"
+    weights = sorted(checkpoint.glob("*.safetensors"))
+    if not weights:
+        return "no weights (*.safetensors)"
+    for path in weights:
+        problem = safetensors_problem(path)
+        if problem:
+            return f"{path.name} is {problem}"
+    return None
+
+
+def last_complete_checkpoint(checkpoints_dir, skipped=None):
+    """The newest checkpoint whose files all load, or None; `skipped` collects 'name: why' for newer ones."""
     ckpts = sorted(Path(checkpoints_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
                    key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
     for ckpt in reversed(ckpts):
-        if (ckpt / "trainer_state.json").is_file() and any(ckpt.glob("*.safetensors")):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
             return str(ckpt)
+        if skipped is not None:
+            skipped.append(f"{ckpt.name}: {problem}")
     return None
+
+
+class CheckpointRecord(TrainerCallback):
+    """Write the run record into every checkpoint, so --resume can refuse one written with other settings."""
+
+    def __init__(self, record):
+        self.record = record
+
+    def on_save(self, args, state, control, **kwargs):
+        from mcvqa.io import write_json
+        from mcvqa.runs import CHECKPOINT_RECORD
+
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            write_json(checkpoint / CHECKPOINT_RECORD, self.record.to_dict())
 
 
 class TrainingDiverged(UserError):

@@ -13,6 +13,7 @@ import numpy as np
 
 from mcvqa import LETTERS
 from mcvqa.errors import UserError
+from mcvqa.metrics import SPACES, average_probs
 
 # Mirroring changes the answer to questions about sides or text.
 _NO_FLIP = re.compile(r"\b(left|right|text|word|letter|read|written|number|digit|왼쪽|오른쪽|글자|글씨|숫자)\b",
@@ -91,12 +92,6 @@ def _compose(*fns):
 
 def average(prob_list, space="prob"):
     """Average per-view probabilities already mapped to a/b/c/d: in probability or log-probability space."""
-    stack = np.stack([np.asarray(p, dtype=np.float64) for p in prob_list])
-    if space == "prob":
-        mean = stack.mean(0)
-    elif space == "logprob":
-        logp = np.log(np.clip(stack, 1e-12, 1.0)).mean(0)
-        mean = np.exp(logp - logp.max(1, keepdims=True))
-    else:
+    if space not in SPACES:
         raise UserError(f"--tta_space must be 'prob' or 'logprob', not {space!r}")
-    return mean / mean.sum(1, keepdims=True)
+    return average_probs(prob_list, space=space)

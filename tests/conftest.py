@@ -44,3 +44,33 @@ def processor(tiny_model):
     from mcvqa.modeling import load_processor
 
     return load_processor(tiny_model, 56 * 56, 56 * 56)
+
+
+SMALL_TRAINING = ["--n_folds", "2", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+                  "--per_device_eval_batch_size", "16", "--min_pixels", "3136", "--max_pixels", "3136",
+                  "--disable_tqdm", "true", "--report_to", "none", "--logging_steps", "50", "--seed", "0"]
+
+
+def train_fold(model, data, out, fold, *extra):
+    """train_lora.main on the tiny model with the small settings every script test uses."""
+    import train_lora
+
+    return train_lora.main(["--model_name_or_path", str(model), "--data_dir", str(data), "--output_dir", str(out),
+                            "--fold", str(fold), *SMALL_TRAINING, *extra])
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model, easy_vqa_dir, tmp_path_factory):
+    """(ROOT, ROOT/tiny, metrics): fold1 a full fine-tune, fold2 LoRA, both predicted with --tta (scale 1.0).
+
+    Tests that change a run work on a copy (shutil.copytree) of ROOT/tiny.
+    """
+    import predict
+
+    root = tmp_path_factory.mktemp("scripts")
+    out = root / "tiny"
+    metrics = {1: train_fold(tiny_model, easy_vqa_dir, out, 1, "--full_finetune"),
+               2: train_fold(tiny_model, easy_vqa_dir, out, 2)}
+    predict.main(["--output_dir", str(out), "--data_dir", str(easy_vqa_dir), "--tta", "--tta_scales", "1.0",
+                  "--progress", "false"])
+    return root, out, metrics

@@ -56,7 +56,8 @@ def test_merged_folder_scores_like_base_plus_adapter(run, merged, easy_vqa_dir, 
     rows = load_split(easy_vqa_dir, "train").to_dict("records")[:12]
     views = named_views(True, scales=(1.0,), shifts=True)  # identity order plus the 3 other cyclic shifts
 
-    _, adapter_processor, adapter_model = predict.load_fold(run / "fold1", "fp32")
+    _, built = predict.load_fold(run / "fold1", "fp32")
+    adapter_processor, adapter_model = built.processor, built.model
     with_adapter = score(adapter_model.eval(), adapter_processor, rows, views)
 
     model = AutoModelForImageTextToText.from_pretrained(merged).eval()

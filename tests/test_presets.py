@@ -13,19 +13,20 @@ import pytest
 import yaml
 
 import train_lora
+from mcvqa.args import TRAIN_ARGUMENT_TYPES, TRAINING_DEFAULTS
 from mcvqa.cli import parse_args
 from mcvqa.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "configs").glob("*.yaml")) + [REPO / "bench" / "learning.yaml"]
 ACCELERATE_CONFIGS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
-TYPES = (train_lora.ModelArguments, train_lora.DataArguments, train_lora.TrainingArguments)
+TYPES = TRAIN_ARGUMENT_TYPES
 EXPECTED_PRESETS = {"cpu_tiny.yaml", "t4x2_qwen2.5vl_3b_qlora.yaml", "t4x2_qwen2.5vl_7b_qlora.yaml",
                     "a100_qwen2.5vl_7b_bf16.yaml", "h100_qwen3vl_8b_bf16.yaml"}
 
 
 def parse(preset, *extra):
-    return parse_args(TYPES, ["--config", str(preset), "--fold", "1", *extra], defaults=train_lora.TRAINING_DEFAULTS)
+    return parse_args(TYPES, ["--config", str(preset), "--fold", "1", *extra], defaults=TRAINING_DEFAULTS)
 
 
 def test_the_documented_presets_exist():
@@ -37,11 +38,11 @@ def test_the_documented_presets_exist():
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
 def test_preset_parses_and_builds_training_arguments(preset, tmp_path):
     values = yaml.safe_load(preset.read_text())
-    model_args, data_args, args, given = parse(preset)
+    model_args, data_args, run_args, args, given = parse(preset)
     assert set(values) <= given
     # Every key landed on the dataclass that owns it, with the YAML's value.
     for key, value in values.items():
-        owner = next(obj for obj in (model_args, data_args, args) if hasattr(obj, key))
+        owner = next(obj for obj in (model_args, data_args, run_args, args) if hasattr(obj, key))
         got = getattr(owner, key)
         if key == "report_to":
             assert got == value or got == [value]
@@ -55,7 +56,7 @@ def test_preset_parses_and_builds_training_arguments(preset, tmp_path):
             assert got == value, key
     assert model_args.min_pixels <= model_args.max_pixels
     # A YAML value bypasses argparse's `choices`: check the preset's values against them here.
-    for obj in (model_args, data_args):
+    for obj in (model_args, data_args, run_args):
         for f in dataclasses.fields(obj):
             if "choices" in f.metadata:
                 assert getattr(obj, f.name) in f.metadata["choices"], f"{preset.name}: {f.name}"
@@ -82,7 +83,7 @@ def test_preset_parses_and_builds_training_arguments(preset, tmp_path):
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p.name != "cpu_tiny.yaml"], ids=lambda p: p.name)
 def test_gpu_presets_name_a_real_qwen_vl_model(preset):
-    model_args, data_args, args, _ = parse(preset)
+    model_args, data_args, run_args, args, _ = parse(preset)
     assert model_args.model_name_or_path.startswith("Qwen/") and "-VL-" in model_args.model_name_or_path
     if model_args.quantization == "4bit":
         assert args.gradient_checkpointing  # QLoRA on a 16 GB T4 needs it
@@ -90,7 +91,7 @@ def test_gpu_presets_name_a_real_qwen_vl_model(preset):
 
 
 def test_command_line_overrides_a_preset():
-    model_args, _, args, _ = parse(REPO / "configs" / "cpu_tiny.yaml", "--learning_rate", "0.5", "--lora_r", "4")
+    model_args, _, _, args, _ = parse(REPO / "configs" / "cpu_tiny.yaml", "--learning_rate", "0.5", "--lora_r", "4")
     assert args.learning_rate == 0.5 and model_args.lora_r == 4
 
 

@@ -688,11 +688,12 @@ def test_ensemble_interrupted_mid_write_leaves_the_old_submission(easy_vqa_dir, 
 
 def test_remote_code_is_off_by_default():
     import predict
-    import train_lora
     from transformers import HfArgumentParser
 
-    assert train_lora.ModelArguments().trust_remote_code is False
-    (model_args,) = HfArgumentParser(train_lora.ModelArguments).parse_args_into_dataclasses(args=[])
+    from mcvqa.args import ModelArguments
+
+    assert ModelArguments().trust_remote_code is False
+    (model_args,) = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(args=[])
     assert model_args.trust_remote_code is False
     # predict has no flag of its own: it reuses the value the fold was trained with (False unless asked).
     assert "trust_remote_code" not in {f for f in predict.PredictArguments.__dataclass_fields__}

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mcvqa import LETTERS
-from mcvqa import report
+from mcvqa import metrics, report
 from mcvqa.errors import UserError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -121,7 +121,7 @@ def test_ensemble_report_minimal(tmp_path):
 def test_reliability_bins_perfect_calibration():
     probs = np.array([[1.0, 0, 0, 0]] * 10)
     labels = np.zeros(10, dtype=int)
-    _, acc, count, ece = report.reliability_bins(probs, labels)
+    _, acc, count, ece = metrics.reliability_bins(probs, labels)
     assert count.sum() == 10 and ece == pytest.approx(0.0)
 
 

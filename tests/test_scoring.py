@@ -6,7 +6,8 @@ import torch
 from transformers import AutoModelForImageTextToText, TrainingArguments
 
 from collator import MCVQACollator, option_letter_ids
-from mcvqa.scoring import answer_logits, letter_logits, metrics_from_logits, predict_probs, score_batch
+from mcvqa.metrics import metrics_from_logits
+from mcvqa.scoring import answer_logits, letter_logits, predict_probs, score_batch
 from mcvqa.trainer import MCVQATrainer, TrainingDiverged, make_compute_metrics
 from mcvqa.tta import identity
 

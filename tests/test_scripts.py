@@ -19,17 +19,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 LETTERS = list("abcd")
-PIX = ["--min_pixels", "3136", "--max_pixels", "3136"]
-SMALL = ["--n_folds", "2", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
-         "--per_device_eval_batch_size", "16", *PIX, "--disable_tqdm", "true", "--report_to", "none",
-         "--logging_steps", "50", "--seed", "0"]
-
-
-def train(model, data, out, fold, *extra):
-    import train_lora
-
-    return train_lora.main(["--model_name_or_path", str(model), "--data_dir", str(data), "--output_dir", str(out),
-                            "--fold", str(fold), *SMALL, *extra])
+from conftest import SMALL_TRAINING as SMALL  # noqa: E402,F401
+from conftest import train_fold as train  # noqa: E402
 
 
 def read(path):
@@ -51,17 +42,9 @@ def fold_ids(out, k):
 
 
 @pytest.fixture(scope="module")
-def run(tiny_model, easy_vqa_dir, tmp_path_factory):
+def run(trained_run):
     """ROOT/tiny/fold1 (full fine-tune) and ROOT/tiny/fold2 (LoRA), then predict --tta over both."""
-    import predict
-
-    root = tmp_path_factory.mktemp("scripts")
-    out = root / "tiny"
-    metrics = {1: train(tiny_model, easy_vqa_dir, out, 1, "--full_finetune"),
-               2: train(tiny_model, easy_vqa_dir, out, 2)}
-    predict.main(["--output_dir", str(out), "--data_dir", str(easy_vqa_dir), "--tta", "--tta_scales", "1.0",
-                  "--progress", "false"])
-    return root, out, metrics
+    return trained_run
 
 
 @pytest.mark.parametrize("k", [1, 2])
@@ -79,6 +62,7 @@ def test_train_writes_a_complete_fold(run, k):
     assert 0 <= saved["oof_accuracy"] <= 1 and saved["n_val"] == len(oof) and metrics[k]["n_val"] == len(oof)
     config = json.loads((fold / "train_config.json").read_text())
     assert config["data"]["fold"] == k and config["model"]["trust_remote_code"] is False
+    assert config["schema_version"] == 2 and config["weights"].startswith("weights:")
     assert json.loads((fold / "trainer_state.json").read_text())["global_step"] > 0
 
 
