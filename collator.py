@@ -26,10 +26,11 @@ import random
 from dataclasses import dataclass
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from mcvqa import LETTERS
 from mcvqa.errors import UserError
+from mcvqa.images import read_image
 from mcvqa.prompts import conversation, user_text
 from mcvqa.tta import identity, permute
 
@@ -69,11 +70,7 @@ class ImageEncoder:
 
     def load(self, path, scale=1.0, flip=False):
         """The resized PIL image a view sees (scale multiplies the pixel budget)."""
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise UserError(f"{path}: cannot read image ({err})") from None
+        image = read_image(path)
         if flip:
             image = ImageOps.mirror(image)
         h, w = fit_pixels(image.height * math.sqrt(scale), image.width * math.sqrt(scale), self.factor,

@@ -2,14 +2,27 @@
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
+
+
+def _temporary(path):
+    """(fd, name) of a new file next to `path`. Unlike mkstemp (always 0600), created with mode 0666 so that
+    the kernel applies the umask: the result reads like any file the user writes (shared machines, a Kaggle
+    dataset made from the folder)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary file name")
 
 
 def _atomic(path, write):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             write(fh)
