@@ -17,6 +17,7 @@ import pandas as pd
 
 from mcvqa import LETTERS
 from mcvqa.errors import UserError, collect
+from mcvqa.images import REASONS as IMAGE_REASONS, image_problem
 from mcvqa.io import write_csv, write_json
 
 SPLITS = ("train", "test")
@@ -154,32 +155,6 @@ def _rows_where(df, mask, value_col=None):
     return [f"line {ln} ({v!r})" for ln, v in zip(sub["_line"], sub[value_col])]
 
 
-def _image_problem(path):
-    """None if `path` is a readable image, else a short reason."""
-    if not os.path.exists(path):
-        return "missing"
-    if os.path.isdir(path):
-        return "directory"
-    try:
-        if os.path.getsize(path) == 0:
-            return "empty"
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im.verify()
-    except Exception:  # noqa: BLE001 - any failure means "not a usable image"
-        return "invalid"
-    return None
-
-
-_IMAGE_REASONS = {  # (one, many)
-    "missing": ("image file does not exist", "image files do not exist"),
-    "directory": ("image path is a directory, not a file", "image paths are directories, not files"),
-    "empty": ("image file is empty (0 bytes)", "image files are empty (0 bytes)"),
-    "invalid": ("image file is not a readable image", "image files are not readable images"),
-}
-
-
 def _check_images(csv_path, col, df):
     """One problem line per kind of image failure; each unique path is checked once."""
     first_line = {}
@@ -188,12 +163,13 @@ def _check_images(csv_path, col, df):
             first_line[p] = (ln, raw)
     bad = {}
     for p, (ln, raw) in first_line.items():
-        reason = _image_problem(p)
-        if reason:
-            shown = f"line {ln} ({raw!r})" if raw == p else f"line {ln} ({raw!r} -> {p})"
-            bad.setdefault(reason, []).append(shown)
+        problem = image_problem(p)
+        if problem:
+            reason, detail = problem
+            shown = f"{raw!r}" if raw == p else f"{raw!r} -> {p}"
+            bad.setdefault(reason, []).append(f"line {ln} ({shown}{f', {detail}' if detail else ''})")
     return [
-        f"{csv_path}: column {col!r}: {len(items)} {_IMAGE_REASONS[reason][len(items) > 1]}: {_listing(items)}"
+        f"{csv_path}: column {col!r}: {len(items)} {IMAGE_REASONS[reason][len(items) > 1]}: {_listing(items)}"
         for reason, items in bad.items()
     ]
 
@@ -359,19 +335,6 @@ def to_dataset(df):
 
 
 # ----------------------------------------------------------------------------------------- folds
-
-
-def resolve_fold(fold, n_folds):
-    """Check a --fold value: 1..n_folds, or -1 for "train on all rows" (returned as -1)."""
-    try:
-        fold = int(fold)
-    except (TypeError, ValueError):
-        raise UserError(f"--fold {fold!r} is not a number: folds count from 1 to {n_folds}, or -1 for all rows") from None
-    if fold == -1:
-        return -1
-    if not 1 <= fold <= int(n_folds):
-        raise UserError(f"--fold {fold} is out of range: folds count from 1 to {n_folds}, or -1 for all rows")
-    return fold
 
 
 def _reuse_folds(train_df, n_folds, seed, out):

@@ -13,7 +13,6 @@ from mcvqa.data import (
     assign_folds,
     load_split,
     load_submission_template,
-    resolve_fold,
     to_dataset,
 )
 from mcvqa.errors import UserError, report_user_errors
@@ -383,15 +382,6 @@ def test_folds_n_folds_below_two(tmp_path):
     out = tmp_path / "run"
     assert "at least 2" in error_of(assign_folds, fold_df(), 1, 0, out)
     assert not out.exists()
-
-
-def test_resolve_fold():
-    assert resolve_fold(1, 5) == 1 and resolve_fold(5, 5) == 5 and resolve_fold(-1, 5) == -1
-    assert error_of(resolve_fold, 0, 5) == (
-        "--fold 0 is out of range: folds count from 1 to 5, or -1 for all rows"
-    )
-    assert "--fold 6 is out of range" in error_of(resolve_fold, 6, 5)
-    assert "out of range" in error_of(resolve_fold, -2, 5)
 
 
 # ----------------------------------------------------------------------------------------- errors -> exit 2
