@@ -144,6 +144,10 @@ def make_rows(n, seed=0):
     return load_split(folder, "train")
 
 
+def image_token_id(processor):
+    return processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -254,12 +258,44 @@ def watch_vision(model):
 
 def training_args(cls, out, a, device, checkpointing, **extra):
     bf16 = device.type == "cuda"
-    return cls(output_dir=out, per_device_train_batch_size=a.batch_size, max_steps=a.warmup_steps + a.train_steps,
-               learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-               label_smoothing_factor=0.0, logging_steps=10_000, save_strategy="no", eval_strategy="no",
-               report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=0, bf16=bf16, fp16=False,
-               gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
-               use_cpu=device.type != "cuda", dataloader_pin_memory=False, **extra)
+    kwargs = dict(output_dir=out, per_device_train_batch_size=a.batch_size, max_steps=a.warmup_steps + a.train_steps,
+                  learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+                  label_smoothing_factor=0.0, logging_steps=10_000, save_strategy="no", eval_strategy="no",
+                  report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=0, bf16=bf16, fp16=False,
+                  gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+                  use_cpu=device.type != "cuda", dataloader_pin_memory=False)
+    return cls(**dict(kwargs, **extra))
+
+
+def loss_recorder():
+    from transformers import TrainerCallback
+
+    class Losses(TrainerCallback):
+        def __init__(self):
+            self.losses = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    return Losses()
+
+
+def speed_callback(a):
+    """Selective checkpointing, applied once the Trainer has enabled checkpointing on every layer."""
+    from transformers import TrainerCallback
+
+    from mcvqa.kernels import checkpoint_every
+
+    class Selective(TrainerCallback):
+        def __init__(self):
+            self.checkpointed = None
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if args.gradient_checkpointing:
+                self.checkpointed = checkpoint_every(model, a.ckpt_every)
+
+    return Selective()
 
 
 def lora_config():
@@ -271,14 +307,15 @@ def lora_config():
                       task_type="CAUSAL_LM")
 
 
-def summarise(timer, counter, a, counts, device, checkpointing, peak, extra=None):
+def summarise(timer, counter, a, counts, device, checkpointing, peak, extra=None, ckpt_fraction=None):
     intervals = [t1 - t0 for t0, t1 in zip(timer.ends[:-1], timer.ends[1:])]
     timed = intervals[a.warmup_steps:]
     step = statistics.median(timed)
     n = len(intervals)
     tokens = statistics.mean(counter.tokens[:n][a.warmup_steps:] or counter.tokens)
     patches = statistics.mean(counter.patches[:n][a.warmup_steps:] or counter.patches)
-    k = 6 if checkpointing else 4
+    # Recomputation counted only for the layers that do it (selective checkpointing recomputes a fraction).
+    k = 4 + 2 * (float(checkpointing) if ckpt_fraction is None else ckpt_fraction)
     flops = k * counts["params_lm_layers"] * tokens + 2 * counts["params_vision"] * patches
     out = {"step_s_median": step, "samples_per_s": a.batch_size / step, "tokens_per_s": tokens / step,
            "tokens_per_step": tokens, "padded_width_mean": statistics.mean(counter.widths),
@@ -296,10 +333,11 @@ def summarise(timer, counter, a, counts, device, checkpointing, peak, extra=None
     return out
 
 
-def train_ours(a, tok_dir, processor, df, device, dtype, attn, checkpointing, peak):
+def train_ours(a, tok_dir, processor, df, device, dtype, attn, checkpointing, peak, seed=0, losses=False):
     from collator import MCVQACollator, option_letter_ids, rope_positions
     from mcvqa.data import to_dataset
     from mcvqa.fast_vision import patch_vision_attention
+    from mcvqa.kernels import compile_decoder_layers, decoder_layers, pad_vision_mlp
     from mcvqa.modeling import attach_lora
     from mcvqa.trainer import MCVQATrainer
     from transformers import TrainingArguments
@@ -309,24 +347,34 @@ def train_ours(a, tok_dir, processor, df, device, dtype, attn, checkpointing, pe
     counts = param_counts(model)
     patched = patch_vision_attention(model)
     model = attach_lora(model, gradient_checkpointing=checkpointing)  # what load_model does for train_lora.py
+    padded = pad_vision_mlp(model) if a.pad_vision_mlp else 0  # after LoRA: only a frozen vision MLP is padded
+    compiled = compile_decoder_layers(model) if a.compile else 0
     vision_grad = watch_vision(model)
-    collate = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=True)
-    collate.position_fn = rope_positions(model, collate.image_token_id)
+    collate = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=True,
+                            position_fn=rope_positions(model, image_token_id(processor)))
     rows = df.to_dict("records")
     collate.prepare(rows)  # what train_lora.py does before training: images and prompts cached
     counter, timer = Counting(collate), step_timer(device)
-    profiled = profiler_callback(device, a.warmup_steps + a.train_steps - 3, 3) if a.profile else None
+    profiled = profiler_callback(device, a.warmup_steps + a.train_steps - 3, 3) if a.profile and not losses else None
+    recorder, selective = loss_recorder(), speed_callback(a)
+    extra = {"seed": seed, "logging_steps": 1} if losses else {}
     with tempfile.TemporaryDirectory() as out:
         trainer = MCVQATrainer(model=model, args=training_args(TrainingArguments, out, a, device, checkpointing,
-                                                               remove_unused_columns=False),
+                                                               remove_unused_columns=False, **extra),
                                data_collator=counter, train_dataset=to_dataset(df),
                                letter_ids=option_letter_ids(processor.tokenizer),
-                               callbacks=[timer] + ([profiled] if profiled else []))
+                               callbacks=[timer, recorder, selective] + ([profiled] if profiled else []))
         trainer.train()
+    n_layers = len(decoder_layers(model))
+    ckpt_fraction = (selective.checkpointed / n_layers if selective.checkpointed is not None and n_layers else
+                     float(checkpointing))
     result = summarise(timer, counter, a, counts, device, checkpointing, peak,
                        {"vision_attention_patched": patched, "vision_backward": any(vision_grad),
-                        "profile": profiled.summary if profiled else None,
-                        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+                        "profile": profiled.summary if profiled else None, "liger": a.liger_applied,
+                        "compiled_layers": compiled, "padded_vision_mlps": padded, "checkpointed_layers": selective.checkpointed,
+                        "decoder_layers": n_layers, "losses": recorder.losses if losses else None,
+                        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)},
+                       ckpt_fraction=ckpt_fraction)
     trainer.accelerator.free_memory()
     del trainer, model
     free(device)
@@ -398,9 +446,10 @@ def infer(a, processor, df, device, dtype, attn, peak):
     model = build_model(a.model, processor.tokenizer, device, dtype, attn).eval()
     counts = param_counts(model)
     patch_vision_attention(model)
+    speedups(model, a)
     rows = df.to_dict("records")[: a.infer_rows]
-    collate = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=False)
-    collate.position_fn = rope_positions(model, collate.image_token_id)
+    collate = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=False,
+                            position_fn=rope_positions(model, image_token_id(processor)))
     letter_ids = option_letter_ids(processor.tokenizer)
     auto = dtype if device.type == "cuda" else None
     score = lambda rs: predict_probs(model, collate, rs, letter_ids, {"plain": identity},  # noqa: E731
@@ -424,8 +473,8 @@ def infer(a, processor, df, device, dtype, attn, peak):
             score(rows[: a.infer_batch_size])
             sync(device)
         profiled = profile_summary(prof, time.perf_counter() - t0, 1)
-    cold = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=False)
-    cold.position_fn = collate.position_fn
+    cold = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=False,
+                         position_fn=collate.position_fn)
     t0 = time.perf_counter()
     for i in range(0, len(rows), a.infer_batch_size):
         cold(rows[i: i + a.infer_batch_size])
@@ -449,6 +498,8 @@ def infer(a, processor, df, device, dtype, attn, peak):
         return parse_letter(processor.tokenizer.decode(new, skip_special_tokens=True)), len(new)
 
     gen_rows = rows[: a.generate_rows]
+    for module in model.modules():  # generate-and-parse is the plain transformers baseline: never compiled
+        module._compiled_call_impl = None
     generate(gen_rows[0], 2)  # warm-up
     gen = {}
     for new_tokens in (a.generate_tokens, 2):
@@ -467,6 +518,159 @@ def infer(a, processor, df, device, dtype, attn, peak):
     model = None  # freed on return with the closure above
     free(device)
     return {"scoring": ours, "generate": gen[a.generate_tokens], "generate_2tok": gen[2]}
+
+
+# ------------------------------------------------------------------------------------------- Liger agreement
+
+def speedups(model, a):
+    """The inference-side options under test: padded vision MLP, compiled decoder layers."""
+    from mcvqa.kernels import compile_decoder_layers, pad_vision_mlp
+
+    if a.pad_vision_mlp:
+        model.requires_grad_(False)  # scoring only; a trainable MLP would be left unpadded
+        pad_vision_mlp(model)
+    if a.compile:
+        compile_decoder_layers(model)
+
+
+def weights_fingerprint(model):
+    """A few sums over the weights: two builds from the same seed must match exactly."""
+    with torch.no_grad():
+        return [float(p.float().sum()) for _, p in list(model.named_parameters())[:: 97]]
+
+
+def score_rows(a, model, processor, rows, device, dtype, views=None, **kwargs):
+    from collator import MCVQACollator, option_letter_ids, rope_positions
+    from mcvqa.scoring import predict_probs
+    from mcvqa.tta import identity
+
+    collate = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=False,
+                            position_fn=rope_positions(model, image_token_id(processor)))
+    auto = dtype if device.type == "cuda" else None
+    return predict_probs(model, collate, rows, option_letter_ids(processor.tokenizer), views or {"plain": identity},
+                         batch_size=a.infer_batch_size, device=device, dtype=auto, progress=False, **kwargs)
+
+
+def liger_check(a, tok_dir, processor, df, device, dtype, peak):
+    """Liger against the same random weights without it: letter probabilities of --infer_rows rows (bf16) and a
+    --loss_steps LoRA loss curve from the same seed, next to the curve of another seed (the noise scale).
+    Runs first: Liger's patches stay applied for the rest of the process."""
+    import argparse
+
+    import numpy as np
+
+    from mcvqa.fast_vision import patch_vision_attention
+    from mcvqa.kernels import apply_liger
+
+    rows = df.to_dict("records")[: a.infer_rows]
+    warm = min(10, max(a.loss_steps - 1, 0))
+    steps = argparse.Namespace(**dict(vars(a), warmup_steps=warm, train_steps=a.loss_steps - warm, profile=False,
+                                      compile=False, pad_vision_mlp=False, ckpt_every=1))
+
+    def probs_and_fingerprint(references=False):
+        """bf16 probabilities at --infer_batch_size; with `references` also at half that batch (bf16 noise:
+        other kernels, other padding) and in fp32 on the same (bf16-valued) weights."""
+        free(device)
+        model = build_model(a.model, processor.tokenizer, device, dtype, a.attn).eval()
+        patch_vision_attention(model)
+        fingerprint = weights_fingerprint(model)
+        probs = score_rows(a, model, processor, rows, device, dtype)["plain"]
+        refs = {}
+        if references:
+            half = argparse.Namespace(**dict(vars(a), infer_batch_size=max(1, a.infer_batch_size // 2)))
+            refs["bf16_half_batch"] = score_rows(half, model, processor, rows, device, dtype)["plain"]
+            model.float()
+            refs["fp32"] = score_rows(a, model, processor, rows, device, None)["plain"]
+        del model
+        free(device)
+        return probs, fingerprint, refs
+
+    def diffs(x, y):
+        return {"max_abs_diff": float(np.abs(x - y).max()), "mean_abs_diff": float(np.abs(x - y).mean()),
+                "argmax_agreement": float((x.argmax(1) == y.argmax(1)).mean())}
+
+    out = {"rows": len(rows), "loss_steps": a.loss_steps}
+    print("[bench] liger_check: without", file=sys.stderr, flush=True)
+    p0, f0, refs = probs_and_fingerprint(references=True)
+    runs = {}
+    steps.liger_applied = False
+    if a.loss_steps:
+        for name, seed in (("without_seed0", 0), ("without_seed1", 1)):
+            runs[name], _ = train_ours(steps, tok_dir, processor, df, device, dtype, a.attn, True, peak, seed=seed,
+                                       losses=True)
+    module = importlib.import_module(f"transformers.models.{ARCH[a.model]}.modeling_{ARCH[a.model]}")
+    before = dict(vars(module))
+    applied = apply_liger(ARCH[a.model], "true", device=device)
+    print("[bench] liger_check: with", file=sys.stderr, flush=True)
+    p1, f1, _ = probs_and_fingerprint()
+    steps.liger_applied = applied
+    if a.loss_steps:
+        runs["with_seed0"], _ = train_ours(steps, tok_dir, processor, df, device, dtype, a.attn, True, peak,
+                                           seed=0, losses=True)
+    # Liger's patches are names replaced in the modelling module: put the originals back, so that the rest of
+    # the run follows --liger.
+    for key in set(vars(module)) - set(before):
+        delattr(module, key)
+    for key, value in before.items():
+        setattr(module, key, value)
+    out["references"] = {"with_vs_without": diffs(p1, p0),
+                         "without_bf16_batch_vs_half_batch": diffs(p0, refs["bf16_half_batch"]),
+                         "without_bf16_vs_fp32": diffs(p0, refs["fp32"]), "with_bf16_vs_fp32": diffs(p1, refs["fp32"])}
+    out.update(same_weights=f0 == f1, prob_max_abs_diff=float(np.abs(p0 - p1).max()),
+               prob_mean_abs_diff=float(np.abs(p0 - p1).mean()),
+               argmax_agreement=float((p0.argmax(1) == p1.argmax(1)).mean()),
+               top2_margin_min=float((np.sort(p0, 1)[:, -1] - np.sort(p0, 1)[:, -2]).min()),
+               probs_without=p0.round(6).tolist(), probs_with=p1.round(6).tolist(),
+               probs_fp32=refs["fp32"].round(6).tolist())
+    if not a.loss_steps:
+        return out
+    l0, l0b, l1 = (np.array(runs[k]["losses"]) for k in ("without_seed0", "without_seed1", "with_seed0"))
+    n = min(len(l0), len(l0b), len(l1))
+    out.update(
+        loss_max_abs_diff_same_seed=float(np.abs(l0[:n] - l1[:n]).max()),
+        loss_mean_abs_diff_same_seed=float(np.abs(l0[:n] - l1[:n]).mean()),
+        loss_max_abs_diff_other_seed=float(np.abs(l0[:n] - l0b[:n]).max()),
+        loss_mean_abs_diff_other_seed=float(np.abs(l0[:n] - l0b[:n]).mean()),
+        losses={k: r["losses"] for k, r in runs.items()},
+        samples_per_s={k: r["samples_per_s"] for k, r in runs.items()},
+        act_mem_gib={k: r["act_mem_gib"] for k, r in runs.items()})
+    return out
+
+
+# ------------------------------------------------------------------------------------------- TTA cost
+
+def tta_cost(a, processor, df, device, dtype):
+    """Wall time of predict_probs over the 12 TTA views against one view, same rows and batch size; with and
+    without prefix sharing when predict_probs offers it."""
+    import inspect
+
+    from mcvqa.fast_vision import patch_vision_attention
+    from mcvqa.scoring import predict_probs
+    from mcvqa.tta import identity, named_views
+
+    free(device)
+    model = build_model(a.model, processor.tokenizer, device, dtype, a.attn).eval()
+    patch_vision_attention(model)
+    speedups(model, a)
+    rows = df.to_dict("records")[: a.infer_rows]
+    shared = "share_prefix" in inspect.signature(predict_probs).parameters
+    settings = [("full", {"share_prefix": False} if shared else {})] + ([("shared", {"share_prefix": True})] if shared
+                                                                       else [])
+    out = {"rows": len(rows), "batch_size": a.infer_batch_size, "share_prefix_available": shared}
+    views12 = named_views(tta=True)
+    for label, kwargs in settings:
+        for name, views in (("one_view", {"identity": identity}), ("tta12", views12)):
+            score_rows(a, model, processor, rows[: a.infer_batch_size], device, dtype, views=views, **kwargs)  # warm
+            sync(device)
+            t0 = time.perf_counter()
+            probs = score_rows(a, model, processor, rows, device, dtype, views=views, **kwargs)
+            sync(device)
+            out[f"{label}_{name}_s"] = time.perf_counter() - t0
+            out[f"{label}_{name}_views"] = len(probs)
+        out[f"{label}_cost_vs_one_view"] = out[f"{label}_tta12_s"] / out[f"{label}_one_view_s"]
+    del model
+    free(device)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- QLoRA
@@ -498,8 +702,8 @@ def qlora_peak(name, a, processor, df, device):
     for side in a.qlora_sides:
         pixels = side * side
         free(device)
-        collate = MCVQACollator(processor, min_pixels=pixels, max_pixels=pixels, train=True)
-        collate.position_fn = rope_positions(model, collate.image_token_id)
+        collate = MCVQACollator(processor, min_pixels=pixels, max_pixels=pixels, train=True,
+                                position_fn=rope_positions(model, image_token_id(processor)))
         timer = step_timer(device)
         try:
             with tempfile.TemporaryDirectory() as out:
@@ -534,6 +738,21 @@ def qlora_peak(name, a, processor, df, device):
 
 
 # ------------------------------------------------------------------------------------------- main
+
+def guarded(results, key, fn, *args):
+    """One part's failure is recorded under `skipped` (traceback on stderr); the other parts still run."""
+    try:
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001 - recorded, and the results still get written
+        import traceback
+
+        traceback.print_exc()
+        results["skipped"][key] = f"{type(err).__name__}: {err}"
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
+
 
 def ratio(x, y):
     return x / y if x is not None and y not in (None, 0) else None
@@ -583,7 +802,17 @@ def parse_args(argv=None):
     p.add_argument("--model", choices=sorted(ARCH), default="qwen2.5-vl-7b")
     p.add_argument("--out", default="results.json", help="results JSON path")
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
-    p.add_argument("--parts", default="train,trl,infer", help="comma list of train, trl, infer, qlora")
+    p.add_argument("--parts", default="train,trl,infer",
+                   help="comma list of train, trl, infer, qlora, liger_check, tta")
+    p.add_argument("--liger", default="auto", choices=["auto", "true", "false"],
+                   help="Liger kernels for our training and scoring (mcvqa.kernels.apply_liger); TRL runs first, "
+                        "without them")
+    p.add_argument("--compile", action="store_true", help="regional torch.compile of the decoder layers (ours)")
+    p.add_argument("--pad_vision_mlp", action="store_true",
+                   help="zero-pad the vision MLP width to a multiple of 64 (mcvqa.kernels.pad_vision_mlp; exact)")
+    p.add_argument("--ckpt_every", type=int, default=1,
+                   help="with checkpointing, recompute every N-th decoder layer only (1: all)")
+    p.add_argument("--loss_steps", type=int, default=None, help="liger_check LoRA steps (default 50 on GPU, 4 on CPU)")
     p.add_argument("--qlora", action="store_true", help="also run the 4-bit QLoRA fp16 T4 stand-in (3B and 7B)")
     p.add_argument("--checkpointing", default="on,off", help="gradient checkpointing settings to time: on,off")
     p.add_argument("--batch_size", type=int, default=None, help="training batch (default 8 on GPU, 2 on CPU)")
@@ -608,7 +837,7 @@ def parse_args(argv=None):
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = a.device.startswith("cuda")
     defaults = dict(batch_size=(8, 2), warmup_steps=(10, 1), train_steps=(20, 2), infer_rows=(128, 8),
-                    generate_rows=(16, 2))
+                    generate_rows=(16, 2), loss_steps=(50, 4))
     for key, (g, c) in defaults.items():
         if getattr(a, key) is None:
             setattr(a, key, g if gpu else c)
@@ -647,7 +876,7 @@ def main(argv=None):
         print(f"saved {a.model} ({sum(p.numel() for p in model.parameters()) / 1e9:.2f}B random weights) to "
               f"{a.save_model}")
         return None
-    n_rows = max(a.batch_size * (a.warmup_steps + a.train_steps), a.infer_rows, a.generate_rows)
+    n_rows = max(a.batch_size * max(a.warmup_steps + a.train_steps, a.loss_steps), a.infer_rows, a.generate_rows)
     df = make_rows(n_rows)
     results = {"model": a.model, "device": device_name, "peak_flops_bf16": peak, "versions": versions(),
                "command": " ".join([sys.executable, *sys.argv]) if argv is None else
@@ -655,11 +884,34 @@ def main(argv=None):
                "config": {"batch_size": a.batch_size, "warmup_steps": a.warmup_steps, "train_steps": a.train_steps,
                           "pixels": a.pixels, "dtype": str(dtype), "attn": a.attn, "lora": "r=16 alpha=32 dropout=0.05",
                           "rows": len(df), "infer_rows": a.infer_rows, "infer_batch_size": a.infer_batch_size,
-                          "generate_rows": a.generate_rows, "generate_tokens": a.generate_tokens},
+                          "generate_rows": a.generate_rows, "generate_tokens": a.generate_tokens,
+                          "liger": a.liger, "compile": a.compile, "ckpt_every": a.ckpt_every,
+                          "pad_vision_mlp": a.pad_vision_mlp},
                "flop_formula": "train: (4, +2 with checkpointing) x N_lm_layers x text_tokens + 2 x N_vision x patches; "
                                "infer: 2 x (same); attention scores and LM head left out",
-               "train": {}, "infer": None, "qlora": None, "skipped": {}}
+               "train": {}, "infer": None, "qlora": None, "liger_check": None, "tta": None, "skipped": {}}
 
+    # Liger patches transformers' modules for the rest of the process: TRL's recipe (which does not use it)
+    # and the unpatched half of liger_check run before it is applied.
+    for ckpt in a.checkpointing:
+        tag = "ckpt" if ckpt else "no_ckpt"
+        if "trl" in a.parts:
+            if importlib.util.find_spec("trl") is None:
+                results["train"][f"trl_{tag}"] = {"skipped": "trl is not installed"}
+            else:
+                print(f"[bench] trl {tag}", file=sys.stderr, flush=True)
+                results["train"][f"trl_{tag}"] = guarded(results, f"trl_{tag}", train_trl, a, processor, df, device,
+                                                         dtype, a.attn, ckpt, peak) or {"skipped": "failed"}
+    if "liger_check" in a.parts:
+        if device.type != "cuda" or importlib.util.find_spec("liger_kernel") is None:
+            results["skipped"]["liger_check"] = "needs CUDA and liger-kernel"
+        else:
+            results["liger_check"] = guarded(results, "liger_check", liger_check, a, tok_dir, processor, df, device,
+                                             dtype, peak)
+    from mcvqa.kernels import apply_liger
+
+    a.liger_applied = apply_liger(arch, a.liger, device=device)
+    results["liger_applied"] = a.liger_applied
     for ckpt in a.checkpointing:
         tag = "ckpt" if ckpt else "no_ckpt"
         if "train" in a.parts:
@@ -667,15 +919,12 @@ def main(argv=None):
             results["train"][f"ours_{tag}"], counts = train_ours(a, tok_dir, processor, df, device, dtype, a.attn,
                                                                   ckpt, peak)
             results["params"] = counts
-        if "trl" in a.parts:
-            if importlib.util.find_spec("trl") is None:
-                results["train"][f"trl_{tag}"] = {"skipped": "trl is not installed"}
-            else:
-                print(f"[bench] trl {tag}", file=sys.stderr, flush=True)
-                results["train"][f"trl_{tag}"] = train_trl(a, processor, df, device, dtype, a.attn, ckpt, peak)
     if "infer" in a.parts:
         print("[bench] inference", file=sys.stderr, flush=True)
-        results["infer"] = infer(a, processor, df, device, dtype, a.attn, peak)
+        results["infer"] = guarded(results, "infer", infer, a, processor, df, device, dtype, a.attn, peak)
+    if "tta" in a.parts:
+        print("[bench] tta cost", file=sys.stderr, flush=True)
+        results["tta"] = guarded(results, "tta", tta_cost, a, processor, df, device, dtype)
     if "qlora" in a.parts:
         results["qlora"] = {}
         reason = None
@@ -716,6 +965,15 @@ def main(argv=None):
     summary["infer_speedup_vs_generate_2tok"] = ratio(inf["scoring"]["samples_per_s"],
                                                       inf["generate_2tok"]["samples_per_s"]) if inf else None
     summary["infer_mfu"] = inf["scoring"]["mfu"] if inf else None
+    lc = results["liger_check"] or {}
+    summary["liger_prob_max_abs_diff"] = lc.get("prob_max_abs_diff")
+    summary["liger_argmax_agreement"] = lc.get("argmax_agreement")
+    summary["liger_loss_max_abs_diff_same_seed"] = lc.get("loss_max_abs_diff_same_seed")
+    summary["liger_loss_max_abs_diff_other_seed"] = lc.get("loss_max_abs_diff_other_seed")
+    tta = results["tta"] or {}
+    summary["tta12_cost_vs_one_view"] = tta.get("shared_cost_vs_one_view", tta.get("full_cost_vs_one_view"))
+    summary["tta12_cost_vs_one_view_full"] = tta.get("full_cost_vs_one_view")
+    summary["liger_applied"] = a.liger_applied
     q = results["qlora"] or {}
     for name, key in (("qwen2.5-vl-3b", "qlora_fp16_3b_peak_gib"), ("qwen2.5-vl-7b", "qlora_fp16_7b_peak_gib")):
         summary[key] = (q.get(name) or {}).get("peak_mem_gib")
