@@ -32,7 +32,7 @@ from mcvqa.prompts import parse_templates, template_problem
 warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing", category=FutureWarning)
 
 
-def check_args(model_args, data_args, run_args, args):
+def check_args(model_args, data_args, run_args, args, given=()):
     """Every argument problem at once, before anything is loaded or written."""
     import importlib.util
 
@@ -58,6 +58,10 @@ def check_args(model_args, data_args, run_args, args):
         problems.append(f"--seed {args.seed}: must be between 0 and 2**32 - 1")
     if run_args.time_budget_minutes is not None and not run_args.time_budget_minutes > 0:
         problems.append(f"--time_budget_minutes {run_args.time_budget_minutes}: must be positive")
+    ignored = sorted(k for k in given if k in ("lora_r", "lora_alpha", "lora_dropout", "lora_vision"))
+    if model_args.full_finetune and ignored:
+        problems.append(f"--full_finetune trains every weight: {', '.join('--' + k for k in ignored)} would be "
+                        "ignored; drop them (or drop --full_finetune)")
     if model_args.lora_r <= 0 and not model_args.full_finetune:
         problems.append(f"--lora_r {model_args.lora_r}: must be positive")
     if run_args.ema_decay is not None:
@@ -156,7 +160,7 @@ def main(argv=None):
         model_args, data_args, run_args, args, given = parse_train_args(argv)
     if data_args.full_train:
         data_args.fold = -1
-    check_args(model_args, data_args, run_args, args)
+    check_args(model_args, data_args, run_args, args, given)
     output_root = Path(args.output_dir if "output_dir" in given else Path("runs") / short_name(model_args.model_name_or_path))
     fold_dir = output_root / fold_name(data_args.fold)
     check_writable(output_root)
@@ -210,6 +214,7 @@ def main(argv=None):
                                    full_finetune=model_args.full_finetune,
                                    run_name=run_name(model_args.model_name_or_path, fold_dir.name, argv))
     record.training, record.precision = args.to_dict(), precision
+    record.liger_applied = bool(getattr(model, "mcvqa_liger", False))
     callbacks = [FoldProgress(), CheckpointRecord(record)]
     budget = TimeBudget(run_args.time_budget_minutes) if run_args.time_budget_minutes else None
     if budget:

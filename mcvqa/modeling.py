@@ -106,10 +106,10 @@ def check_model_folder(name_or_path, trust_remote_code=False):
 
 
 def resolve_precision(precision, full_finetune=False):
-    """(weight dtype, autocast flag) for `--precision auto|bf16|fp16|fp32`.
+    """(resolved precision, weight dtype) for `--precision auto|bf16|fp16|fp32`.
 
-    auto: bf16 where the GPU supports it; fp16 autocast with fp32 trainable weights on GPUs without bf16
-    (T4), fp32 on CPU.
+    auto resolves to bf16 where the GPU supports it, fp16 on GPUs without bf16 (T4; autocast with fp32
+    trainable weights), fp32 on CPU. A full fine-tune keeps fp32 weights under bf16/fp16 autocast.
     """
     import torch
 
@@ -180,12 +180,20 @@ def attach_lora(model, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_vision=
 def load_model(name_or_path, precision="auto", quantization="none", attn_implementation="auto",
                full_finetune=False, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_vision=False,
                gradient_checkpointing=True, adapter_path=None, trust_remote_code=False, device_index=None,
-               batched_vision_attention=True):
-    """AutoModelForImageTextToText (+ bitsandbytes quantisation) (+ LoRA or a saved adapter)."""
+               batched_vision_attention=True, liger="auto"):
+    """AutoModelForImageTextToText (+ bitsandbytes quantisation) (+ LoRA or a saved adapter).
+
+    liger: auto|true|false, Liger's fused kernels (mcvqa.kernels.apply_liger), applied before the model is
+    built; whether they were is recorded as `model.mcvqa_liger`.
+    """
     import torch
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from mcvqa.kernels import apply_liger
 
     precision, dtype = resolve_precision(precision, full_finetune)
+    model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code).model_type
+    liger_applied = apply_liger(model_type, liger, quantization)
     kwargs = {"dtype": dtype, "attn_implementation": attention_implementation(attn_implementation, dtype),
               "trust_remote_code": trust_remote_code, "use_safetensors": True}
     if quantization != "none":
@@ -201,6 +209,7 @@ def load_model(name_or_path, precision="auto", quantization="none", attn_impleme
         # Under DDP every rank holds its own copy on its own GPU; "auto" would collapse DDP to one process.
         kwargs["device_map"] = {"": device_index or 0}
     model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    model.mcvqa_liger = liger_applied
     if batched_vision_attention:
         from mcvqa.fast_vision import patch_vision_attention
 
@@ -211,13 +220,18 @@ def load_model(name_or_path, precision="auto", quantization="none", attn_impleme
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
+    from mcvqa.kernels import pad_vision_mlp
+
     if adapter_path is not None:
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, adapter_path, is_trainable=False), precision
+        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=False)
+        pad_vision_mlp(model)  # exact; frozen vision MLPs only (speed: bench/RESULTS.md, issue 14)
+        return model, precision
     if full_finetune:
         return model, precision
     model = attach_lora(model, lora_r, lora_alpha, lora_dropout, lora_vision, gradient_checkpointing)
+    pad_vision_mlp(model)
     if precision == "fp16":
         # GradScaler refuses fp16 gradients: the trainable weights stay fp32 under fp16 autocast.
         for p in model.parameters():

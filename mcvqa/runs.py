@@ -126,6 +126,7 @@ class RunRecord:
     weights: str = None  # fingerprint of the saved weights (`weights_fingerprint`)
     data_files: dict = field(default_factory=dict)  # name -> fingerprint of the data files it was trained on
     precision: str = None  # the resolved precision (auto -> bf16/fp16/fp32)
+    liger_applied: bool = None  # whether Liger's kernels ran (--liger auto resolves per machine)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -136,7 +137,8 @@ class RunRecord:
         return {"schema_version": self.schema_version, "model": dataclasses.asdict(self.model),
                 "data": dataclasses.asdict(self.data), "run": dataclasses.asdict(self.run),
                 "training": self.training, "fold_dir": self.fold_dir, "weights": self.weights,
-                "data_files": self.data_files, "precision": self.precision}
+                "data_files": self.data_files, "precision": self.precision,
+                "liger_applied": self.liger_applied}
 
     def save(self, fold_dir):
         return write_json(Path(fold_dir) / RECORD, self.to_dict())
@@ -149,7 +151,8 @@ class RunRecord:
         return cls(model=_from_dict(ModelArguments, d.get("model")), data=_from_dict(DataArguments, flat),
                    run=_from_dict(RunArguments, flat), training=dict(d.get("training") or {}),
                    fold_dir=d.get("fold_dir", ""), weights=d.get("weights"), data_files=d.get("data_files") or {},
-                   precision=d.get("precision"), schema_version=int(d.get("schema_version", 1)))
+                   precision=d.get("precision"), liger_applied=d.get("liger_applied"),
+                   schema_version=int(d.get("schema_version", 1)))
 
     @classmethod
     def load(cls, fold_dir):
@@ -377,12 +380,12 @@ class Built:
 
 
 def build(record, weights_dir=None, *, train=False, precision=None, gradient_checkpointing=False,
-          device_index=None):
+          device_index=None, liger=None):
     """Processor, model and collator(s) exactly as the run record says; the one place they are built.
 
     `weights_dir=None` (training): the base model of the record, with fresh LoRA unless a full fine-tune.
     `weights_dir=fold folder` (prediction): the fold's saved adapter on its base model, or its full model.
-    `precision` overrides the record's (predict.py --precision).
+    `precision` and `liger` override the record's (predict.py --precision, --liger).
     """
     from collator import MCVQACollator, option_letter_ids, rope_positions
     from mcvqa.modeling import check_model_folder, load_model, load_processor
@@ -400,7 +403,8 @@ def build(record, weights_dir=None, *, train=False, precision=None, gradient_che
     is_adapter = weights_dir is not None and (Path(weights_dir) / "adapter_config.json").is_file()
     common = dict(precision=precision or m.precision, quantization=m.quantization,
                   attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code,
-                  gradient_checkpointing=gradient_checkpointing, device_index=device_index)
+                  gradient_checkpointing=gradient_checkpointing, device_index=device_index,
+                  liger=liger or m.liger)
     if weights_dir is None:
         model, resolved = load_model(base, full_finetune=m.full_finetune, lora_r=m.lora_r, lora_alpha=m.lora_alpha,
                                      lora_dropout=m.lora_dropout, lora_vision=m.lora_vision, **common)

@@ -2,7 +2,6 @@
 out-of-fold writing and predict.py. No `generate()`, no full-vocabulary logits over the sequence.
 """
 
-import math
 import sys
 
 import numpy as np
@@ -47,100 +46,97 @@ def score_batch(model, batch, letter_ids):
     return letter_logits(answer_logits(model, batch)[:, 0], letter_ids)
 
 
-def softmax(x):
-    x = np.asarray(x, dtype=np.float64)
-    e = np.exp(x - x.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def _move(batch, device):
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def predict_probs(model, collator, rows, letter_ids, views, batch_size=16, device=None, dtype=None,
-                  progress=True, desc="scoring"):
+                  progress=True, desc="scoring", share_prefix=True):
     """Probabilities over a/b/c/d (original order) for each view: {view name: (n, 4) array}.
 
     Rows are scored in batches sorted by length (little padding); the next batch is collated on a
     background thread while the GPU scores this one (image decoding and resizing release the GIL); on
-    CUDA out-of-memory the batch size halves and the batch is retried.
+    CUDA out-of-memory the batch size halves and the batch is retried. With `share_prefix`, views that
+    differ only in the option order are scored together, one forward over their common prefix and one over
+    their suffixes (`mcvqa.prefix_scoring`, exact); a batch where that does not apply is scored view by view.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
+    from mcvqa.prefix_scoring import option_order_groups, score_shared, shared_batch
+
     device = device or next(model.parameters()).device
     lengths = [len(collator.encode(r).input_ids) for r in rows]
     order = np.argsort(lengths, kind="stable")
-    results = {}
+    groups = option_order_groups(views, rows) if share_prefix else [[name] for name in views]
+    position_fn = None
+    if collator.position_fn is None and any(len(g) > 1 for g in groups):
+        from collator import rope_positions
+
+        position_fn = rope_positions(model, collator.image_token_id)
+    results = {name: np.zeros((len(rows), 4)) for name in views}
     total = len(views) * len(rows)
     bar = tqdm(total=total, desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True)
     model.eval()
     pin = device.type == "cuda"
 
-    def prepared(chunk, view):
-        batch = collator(chunk, view=view)
+    def pinned(batch):
         # Pinned host memory: the copy to the GPU is asynchronous instead of waiting for the GPU to drain.
-        return {k: v.pin_memory() if pin and torch.is_tensor(v) else v for k, v in batch.items()}
+        return {k: pinned(v) if isinstance(v, dict) else v.pin_memory() if pin and torch.is_tensor(v) else v
+                for k, v in batch.items()}
+
+    def prepared(chunk, names):
+        fns = [views[n] for n in names]
+        shared = shared_batch(collator, chunk, fns, position_fn) if len(fns) > 1 else None
+        return [pinned(shared)] if shared is not None else [pinned(collator(chunk, view=v)) for v in fns]
+
+    def on_device(batch):
+        batch = {k: on_device(v) if isinstance(v, dict) else v for k, v in _move(batch, device).items()}
+        if dtype is not None and "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(dtype)
+        return batch
+
+    def scored(batches):
+        """(B, K, 4) probabilities over the shown positions, one column per view of the group."""
+        if "prefix" in batches[0]:
+            logits = score_shared(model, batches[0], letter_ids)
+        else:
+            logits = torch.stack([score_batch(model, b, letter_ids) for b in batches], 1)
+        return torch.softmax(logits, -1).cpu().numpy()
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        def collate(view, start, size):
+        def collate(names, start, size):
             idx = order[start: start + size]
-            return start, size, idx, pool.submit(prepared, [rows[j] for j in idx], view)
+            return start, size, idx, pool.submit(prepared, [rows[j] for j in idx], names)
 
-        for name, view in views.items():
-            probs = np.zeros((len(rows), 4))
+        for names in groups:
             i = 0
-            job = collate(view, 0, batch_size)
+            job = collate(names, 0, batch_size)
             while i < len(rows):
                 if job is None or job[:2] != (i, batch_size):  # the batch size changed after an OOM
-                    job = collate(view, i, batch_size)
+                    job = collate(names, i, batch_size)
                 _, _, idx, future = job
-                batch = future.result()
+                batches = future.result()
                 following = i + len(idx)
-                job = collate(view, following, batch_size) if following < len(rows) else None
+                job = collate(names, following, batch_size) if following < len(rows) else None
                 try:
-                    batch = _move(batch, device)
-                    if dtype is not None and "pixel_values" in batch:
-                        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+                    batches = [on_device(b) for b in batches]
                     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
                                                                 enabled=dtype is not None and device.type == "cuda"):
-                        shown = torch.softmax(score_batch(model, batch, letter_ids), -1).cpu().numpy()
+                        shown = scored(batches)
                 except torch.cuda.OutOfMemoryError:
                     if batch_size == 1:
                         raise
-                    batch = None  # its GPU copy must go before the cache is emptied
+                    batches = None  # its GPU copy must go before the cache is emptied
                     batch_size = max(1, batch_size // 2)
                     torch.cuda.empty_cache()
                     print(f"out of memory: retrying with --batch_size {batch_size}", file=sys.stderr)
                     continue
-                for r, j in enumerate(idx):
-                    probs[j] = to_original(shown[r: r + 1], view_order(view(rows[j])))[0]
+                for k, name in enumerate(names):
+                    for r, j in enumerate(idx):
+                        results[name][j] = to_original(shown[r: r + 1, k], view_order(views[name](rows[j])))[0]
                 i = following
-                bar.update(len(idx))
-            results[name] = probs
+                bar.update(len(idx) * len(names))
     bar.close()
     return results
-
-
-def log_loss(probs, labels):
-    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-15, 1.0)
-    return float(-np.mean(np.log(probs[np.arange(len(labels)), labels])))
-
-
-def metrics_from_logits(logits, labels, question_types=None):
-    """Accuracy and log-loss over a/b/c/d (rows without an answer ignored), and accuracy per question type."""
-    logits = np.asarray(logits)
-    labels = np.asarray(labels)
-    keep = labels >= 0
-    probs = softmax(logits[keep])
-    labels = labels[keep]
-    pred = probs.argmax(1)
-    out = {"accuracy": float((pred == labels).mean()) if len(labels) else math.nan,
-           "log_loss": log_loss(probs, labels) if len(labels) else math.nan}
-    if question_types is not None and len(question_types) == len(keep):
-        types = np.asarray(question_types)[keep]
-        for t in sorted(set(types)):
-            m = types == t
-            out[f"accuracy_{t.replace('/', '_').replace(' ', '_')}"] = float((pred[m] == labels[m]).mean())
-    return out

@@ -74,3 +74,18 @@ def trained_run(tiny_model, easy_vqa_dir, tmp_path_factory):
     predict.main(["--output_dir", str(out), "--data_dir", str(easy_vqa_dir), "--tta", "--tta_scales", "1.0",
                   "--progress", "false"])
     return root, out, metrics
+
+
+def stamp(fold, *names):
+    """Make `fold` a fold folder as train_lora.py and predict.py leave it: a run record naming its weights, and a
+    provenance entry for each file in `names` (made from those weights)."""
+    from mcvqa.args import DataArguments, ModelArguments, RunArguments
+    from mcvqa.runs import RECORD, RunRecord, record_artefact
+
+    fold = Path(fold)
+    if not (fold / RECORD).is_file():
+        RunRecord(ModelArguments(model_name_or_path="m"), DataArguments(), RunArguments(),
+                  weights="weights:test").save(fold)
+    for name in names:
+        record_artefact(fold, name, weights="weights:test")
+    return fold

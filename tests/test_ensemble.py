@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import stamp
 from mcvqa import LETTERS
 from mcvqa import ensemble as ens
 from mcvqa.errors import UserError
@@ -73,6 +74,7 @@ def make_runs(tmp_path, n_train=80, n_test=30, models=(("good", 3.0), ("weak", 0
             tp = synthetic_probs(rng, test_labels, strength)
             order = rng.permutation(n_test)  # test rows shuffled: alignment must fix the order
             write_probs(fold / "test_probs.csv", np.array(test_ids)[order], tp[order])
+            stamp(fold, "oof.csv", "test_probs.csv")
     return runs, data, test_ids
 
 
@@ -183,6 +185,7 @@ def test_weights_ignore_test_probabilities(tmp_path, capsys):
         df = pd.read_csv(tp, dtype={"id": str})
         df[list(LETTERS)] = np.random.default_rng(5).dirichlet(np.ones(4) * 0.1, size=len(df))
         df.to_csv(tp, index=False)
+        stamp(tp.parent, tp.name)
     second = ensemble_script.main(args(runs, data, submission=str(tmp_path / "s2.csv")))
     assert first.summary["weights"] == second.summary["weights"]
     assert first.summary["temperatures"] == second.summary["temperatures"]
@@ -290,10 +293,12 @@ def test_main_prefers_oof_tta_and_handles_models_without_oof(tmp_path, capsys):
     tta = runs / "good" / "fold1" / "oof_tta.csv"
     (runs / "good" / "fold1" / "oof.csv").rename(tta)
     write_probs(runs / "good" / "fold1" / "oof.csv", ["junk"], [[1, 0, 0, 0]], answer=["a"], pred=["a"])
+    stamp(runs / "good" / "fold1", "oof.csv", "oof_tta.csv")
     # a full-data model with no OOF: auto falls back to mean
-    full = runs / "full_model" / "foldfull"
+    full = runs / "full_model" / "full"
     full.mkdir(parents=True)
     (full / "test_probs.csv").write_bytes((runs / "good" / "fold1" / "test_probs.csv").read_bytes())
+    stamp(full, "test_probs.csv")
     result = ensemble_script.main(args(runs, data))
     out = capsys.readouterr().out
     assert result.summary["method"] == "mean"
@@ -321,6 +326,7 @@ def test_main_bad_test_file_is_user_error(tmp_path, capsys):
     bad = runs / "weak" / "fold2" / "test_probs.csv"
     df = pd.read_csv(bad, dtype={"id": str})
     df.iloc[:-2].to_csv(bad, index=False)  # two ids missing
+    stamp(bad.parent, bad.name)
     with pytest.raises(SystemExit) as exc:
         ensemble_script.main(args(runs, data))
     assert exc.value.code == 2
@@ -399,15 +405,29 @@ def test_subprocess_missing_output_dir(tmp_path):
 
 
 def test_discover_models_groups_folds(tmp_path):
-    for rel in ["m7b/fold1", "m7b/fold2", "m7b/fold10", "m3b/full", "m3b/fold_full", "grp/m2/fold1", "m7b/notafold",
-                "m7b/fold1/tta"]:
+    for rel in ["m7b/fold1", "m7b/fold2", "m7b/fold10", "m3b/full", "m3b/fold1", "grp/m2/fold1"]:
         d = tmp_path / rel
         d.mkdir(parents=True)
         (d / "test_probs.csv").write_text("id,a,b,c,d\n")
+        stamp(d, "test_probs.csv")
+    # Named like nothing train_lora.py writes, or inside a fold folder: not fold folders.
+    for rel in ["m7b/notafold", "m3b/fold_full", "m7b/fold1/checkpoints/fold1"]:
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel / "test_probs.csv").write_text("id,a,b,c,d\n")
     (tmp_path / "m7b" / "fold2" / "oof.csv").write_text("")
     (tmp_path / "m7b" / "fold2" / "oof_tta.csv").write_text("")
+    stamp(tmp_path / "m7b" / "fold2", "oof.csv", "oof_tta.csv")
     models = {m.name: m for m in ens.discover_models(tmp_path)}
     assert sorted(models) == ["grp/m2", "m3b", "m7b"]
     assert [p.parent.name for p in models["m7b"].test_files] == ["fold1", "fold2", "fold10"]
     assert [p.name for p in models["m7b"].oof_files] == ["oof_tta.csv"]
-    assert models["m3b"].n_folds == 2 and models["m3b"].oof_files == []
+    assert [p.parent.name for p in models["m3b"].test_files] == ["fold1", "full"] and models["m3b"].oof_files == []
+
+
+def test_a_trained_fold_without_predictions_is_refused(tmp_path):
+    (tmp_path / "m" / "fold1").mkdir(parents=True)
+    (tmp_path / "m" / "fold1" / "test_probs.csv").write_text("id,a,b,c,d\n")
+    stamp(tmp_path / "m" / "fold1", "test_probs.csv")
+    stamp(tmp_path / "m" / "fold2")
+    with pytest.raises(UserError, match="folds 2 are trained but not predicted: python predict.py"):
+        ens.discover_models(tmp_path)

@@ -344,9 +344,13 @@ def _(c):
 
 
 def _probs_file(path, ids, rows_sum_to=1.0):
+    """A fold's test_probs.csv as predict.py leaves it (with its fold's run record and provenance)."""
+    from conftest import stamp
+
     path.parent.mkdir(parents=True, exist_ok=True)
     p = np.full((len(ids), 4), 0.25 * rows_sum_to)
     pd.DataFrame({"id": ids, "a": p[:, 0], "b": p[:, 1], "c": p[:, 2], "d": p[:, 3]}).to_csv(path, index=False)
+    stamp(path.parent, path.name)
 
 
 @case("ensemble_ids_differ_from_sample_submission", "ensemble.py")
@@ -558,19 +562,35 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model, easy_vqa_di
 
 
 def test_half_written_checkpoint_is_never_resumed_from(tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
     from mcvqa.trainer import last_complete_checkpoint
 
     ckpts = tmp_path / "checkpoints"
     good = ckpts / "checkpoint-10"
     good.mkdir(parents=True)
-    (good / "model.safetensors").write_bytes(b"weights")
+    save_file({"w": torch.ones(8)}, str(good / "model.safetensors"))
     (good / "trainer_state.json").write_text("{}")
     half = ckpts / "checkpoint-15"  # killed while saving: weights there, trainer_state.json (written last) not
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"half")
     (ckpts / "checkpoint-20").mkdir()  # killed even earlier: an empty folder
     (ckpts / "checkpoint-tmp").mkdir()  # not a step number at all
-    assert last_complete_checkpoint(ckpts) == str(good)
+    truncated = ckpts / "checkpoint-25"  # a full disk: trainer_state.json there, the weights cut short
+    truncated.mkdir()
+    (truncated / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes()[:-8])
+    (truncated / "trainer_state.json").write_text("{}")
+    half_state = ckpts / "checkpoint-30"  # trainer_state.json itself half-written
+    shutil.copytree(good, half_state)
+    (half_state / "trainer_state.json").write_text('{"global_step": 3')
+    skipped = []
+    assert last_complete_checkpoint(ckpts, skipped) == str(good)
+    assert [line.split(":")[0] for line in skipped] == ["checkpoint-30", "checkpoint-25", "checkpoint-20",
+                                                         "checkpoint-15"]
+    assert "truncated" in skipped[1]
     assert last_complete_checkpoint(tmp_path / "none_yet") is None
 
 

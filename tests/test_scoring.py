@@ -111,7 +111,9 @@ def test_nan_loss_stops_with_advice_for_its_precision_naming_the_last_good_check
 
     good = tmp_path / "checkpoint-150"
     good.mkdir()
-    (good / "model.safetensors").write_bytes(b"weights")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(4)}, str(good / "model.safetensors"))
     (good / "trainer_state.json").write_text("{}")
     trainer.args.fp16 = True  # the T4 case; set after construction, as a CPU cannot build fp16 arguments
     with pytest.raises(TrainingDiverged) as fp16:
