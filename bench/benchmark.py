@@ -433,6 +433,8 @@ def parse_letter(text):
 
 
 def infer(a, processor, df, device, dtype, attn, peak):
+    import inspect
+
     from PIL import Image
 
     from collator import MCVQACollator, option_letter_ids, rope_positions
@@ -452,8 +454,11 @@ def infer(a, processor, df, device, dtype, attn, peak):
                             position_fn=rope_positions(model, image_token_id(processor)))
     letter_ids = option_letter_ids(processor.tokenizer)
     auto = dtype if device.type == "cuda" else None
+    # One view: nothing to share (the prefix-shared path is timed by the tta part).
+    single = {"share_prefix": False} if "share_prefix" in inspect.signature(predict_probs).parameters else {}
     score = lambda rs: predict_probs(model, collate, rs, letter_ids, {"plain": identity},  # noqa: E731
-                                     batch_size=a.infer_batch_size, device=device, dtype=auto, progress=False)
+                                     batch_size=a.infer_batch_size, device=device, dtype=auto, progress=False,
+                                     **single)
     score(rows[: a.infer_batch_size])  # warm-up (kernels, allocator); the caches stay cold for the timed call
     collate.images.cache.clear()
     collate._text_cache.clear()
@@ -642,6 +647,7 @@ def liger_check(a, tok_dir, processor, df, device, dtype, peak):
 def tta_cost(a, processor, df, device, dtype):
     """Wall time of predict_probs over the 12 TTA views against one view, same rows and batch size; with and
     without prefix sharing when predict_probs offers it."""
+    import argparse
     import inspect
 
     from mcvqa.fast_vision import patch_vision_attention
@@ -651,7 +657,8 @@ def tta_cost(a, processor, df, device, dtype):
     free(device)
     model = build_model(a.model, processor.tokenizer, device, dtype, a.attn).eval()
     patch_vision_attention(model)
-    speedups(model, a)
+    # Not compiled: the prefix-shared path runs the layers with a KV cache, a second set of graphs per layer.
+    speedups(model, argparse.Namespace(**dict(vars(a), compile=False)))
     rows = df.to_dict("records")[: a.infer_rows]
     shared = "share_prefix" in inspect.signature(predict_probs).parameters
     settings = [("full", {"share_prefix": False} if shared else {})] + ([("shared", {"share_prefix": True})] if shared

@@ -29,10 +29,12 @@ print('qwen2.5-vl names:', [n for n in dir(m) if 'rotary' in n or 'RMSNorm' in n
                --train_steps 8 --generate_rows 2 --out $OUT/$stage.json ;;
     selective7b) $B --model qwen2.5-vl-7b --parts train --liger true --ckpt_every 2 --checkpointing on,off \
                   --out $OUT/$stage.json ;;
+    # The recorded runs: compiled decoder layers + padded vision MLP, Liger off for ours (measured no faster
+    # under compile); liger_check measures Liger's agreement (the 7B's 50-step loss curves: liger7b, call 16).
     record7b) $B --model qwen2.5-vl-7b --parts trl,liger_check,train,infer,tta --checkpointing on --profile \
-                 ${EXTRA:-} --out $OUT/results_7b.json ;;
+                 --compile --pad_vision_mlp --liger false --loss_steps 0 ${EXTRA:-} --out $OUT/results_qwen2.5vl7b.json ;;
     record8b) $B --model qwen3-vl-8b --parts trl,liger_check,train,infer,tta --checkpointing on --profile \
-                 ${EXTRA:-} --out $OUT/results_qwen3vl8b.json ;;
+                 --compile --pad_vision_mlp --liger false --generate_rows 8 ${EXTRA:-} --out $OUT/results_qwen3vl8b.json ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac 2>&1 | tee $OUT/$stage.log
 done
