@@ -5,18 +5,18 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mcvqa import metrics  # noqa: E402
 from mcvqa.runs import RunRecord  # noqa: E402
 
 
 def accuracy_by_type(probs_csv, answers, types):
     probs = pd.read_csv(probs_csv, dtype={"id": str}).set_index("id").loc[answers.index]
-    pred = np.array(list("abcd"))[probs[list("abcd")].to_numpy().argmax(1)]
-    right = pred == answers.to_numpy()
-    return float(right.mean()), {t: float(right[types.to_numpy() == t].mean()) for t in sorted(set(types))}
+    pred = metrics.indices_to_letters(probs[list("abcd")].to_numpy().argmax(1))
+    table = metrics.accuracy_by_type(types.to_numpy(), answers.to_numpy(), pred)
+    return metrics.prediction_accuracy(answers.to_numpy(), pred), table["accuracy"].to_dict()
 
 
 def describe(run, answers, types):

@@ -39,9 +39,14 @@ def softmax(logits):
 def accuracy(probs, labels):
     """Share of rows whose most probable letter is the answer (nan for no rows)."""
     labels = np.asarray(labels, dtype=int)
+    return prediction_accuracy(labels, np.asarray(probs).argmax(1) if len(labels) else labels)
+
+
+def prediction_accuracy(labels, preds):
+    """Share of predictions (indices or letters) equal to the labels (nan for no rows)."""
     if len(labels) == 0:
         return math.nan
-    return float(skm.accuracy_score(labels, np.asarray(probs).argmax(1)))
+    return float(skm.accuracy_score(np.asarray(labels), np.asarray(preds)))
 
 
 def log_loss(probs, labels):
@@ -62,7 +67,7 @@ def accuracy_by_type(question_types, labels, preds):
     import pandas as pd
 
     df = pd.DataFrame({"type": np.asarray(question_types, dtype=object).astype(str),
-                       "ok": np.asarray(labels, dtype=int) == np.asarray(preds, dtype=int)})
+                       "ok": np.asarray(labels) == np.asarray(preds)})
     return df.groupby("type")["ok"].agg(accuracy="mean", rows="size").sort_index()
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcvqa.errors import UserError, report_user_errors  # noqa: E402
+from mcvqa.metrics import prediction_accuracy  # noqa: E402
 
 
 def read(path, what):
@@ -33,7 +34,7 @@ def score(submission, answers):
     missing = answers.index.difference(submission.index)
     if len(missing):
         raise UserError(f"the submission lacks {len(missing)} id(s) of the answers file, e.g. {', '.join(missing[:5])}")
-    return float((submission.loc[answers.index].to_numpy() == answers.to_numpy()).mean())
+    return prediction_accuracy(answers.to_numpy(), submission.loc[answers.index].to_numpy())
 
 
 @report_user_errors
