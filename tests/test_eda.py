@@ -106,6 +106,18 @@ def test_samples_images_but_counts_text_on_every_row(known_dir, tmp_path):
     assert s["text"]["train"]["question_words"]["count"] == 5
 
 
+def test_a_folder_without_test_csv_gets_a_train_only_report(known_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(known_dir, data)
+    (data / "test.csv").unlink()
+    s = eda.main(["--data_dir", str(data), "--out", str(tmp_path / "out")])
+    assert s["rows"] == {"train": 5, "test": None} and "shift" not in s and "cross_split" not in s
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "no test.csv" in report and "## Train/test shift" not in report and "test share" not in report
+
+
 def test_token_lengths_match_training_and_the_processor(tiny_model, easy_vqa_dir, processor, tmp_path):
     from collator import MCVQACollator
     from mcvqa.data import load_split

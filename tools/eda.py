@@ -367,11 +367,13 @@ def render_report(summary, pngs):
 
     s, a = summary, summary["answers"]
     has_test = s["rows"].get("test") is not None
-    out = [f"# Data report: {s['data_dir']}", "",
-           f"train.csv: {s['rows']['train']} rows; test.csv: "
-           f"{s['rows']['test'] if has_test else 'not found'} rows. Image statistics and token lengths use a "
-           f"seeded sample of {s['sampled']['train']} train / {s['sampled'].get('test') or 0} test rows; "
-           "text statistics use every row.", ""]
+    if has_test:
+        rows = (f"train.csv: {s['rows']['train']} rows; test.csv: {s['rows']['test']} rows. Image statistics and "
+                f"token lengths use a seeded sample of {s['sampled']['train']} train / {s['sampled']['test']} test rows")
+    else:
+        rows = (f"train.csv: {s['rows']['train']} rows; no test.csv, so no train/test comparison. Image statistics "
+                f"and token lengths use a seeded sample of {s['sampled']['train']} rows")
+    out = [f"# Data report: {s['data_dir']}", "", rows + "; text statistics use every row.", ""]
 
     out += ["## Answer letters (train)", "",
             _table(["", *LETTERS, "majority share"],
@@ -387,8 +389,8 @@ def render_report(summary, pngs):
 
     qt = s["question_types"]
     out += ["## Question types", "",
-            _table(["type", "train share", "test share"],
-                   [[t, qt["train"].get(t, 0.0), (qt.get("test") or {}).get(t, 0.0) if has_test else None]
+            _table(["type", "train share"] + ["test share"] * has_test,
+                   [[t, qt["train"].get(t, 0.0)] + ([qt["test"].get(t, 0.0)] if has_test else [])
                     for t in sorted(set(qt["train"]) | set(qt.get("test") or {}))]), ""]
 
     out += ["## Duplicates", ""]
