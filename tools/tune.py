@@ -96,25 +96,13 @@ class TuneArguments:
 # ----------------------------------------------------------------------------------------- train_lora's flags
 
 
-def train_argument_types():
-    """(dataclass types, task defaults) of train_lora.py's arguments."""
-    try:
-        from mcvqa.args import TRAIN_ARGUMENT_TYPES, TRAINING_DEFAULTS
-
-        return TRAIN_ARGUMENT_TYPES, TRAINING_DEFAULTS
-    except ImportError:  # the types still defined in train_lora.py itself
-        import train_lora
-
-        return ((train_lora.ModelArguments, train_lora.DataArguments, train_lora.TrainingArguments),
-                train_lora.TRAINING_DEFAULTS)
-
-
 def train_parser():
     from transformers import HfArgumentParser
 
-    types, defaults = train_argument_types()
-    parser = HfArgumentParser(types, allow_abbrev=False)
-    parser.set_defaults(**defaults)
+    from mcvqa.args import TRAIN_ARGUMENT_TYPES, TRAINING_DEFAULTS
+
+    parser = HfArgumentParser(TRAIN_ARGUMENT_TYPES, allow_abbrev=False)
+    parser.set_defaults(**TRAINING_DEFAULTS)
     return parser
 
 
@@ -123,11 +111,12 @@ def flag_names():
 
 
 def parse_train(argv, what):
-    """Parse a train_lora.py argv with its own types and checks; a problem is a UserError naming `what`."""
-    types, defaults = train_argument_types()
+    """Parse a train_lora.py argv exactly as train_lora.py does; a problem is a UserError naming `what`."""
+    from mcvqa.args import parse_train_args
+
     try:
         with argument_errors():
-            return parse_args(types, argv, defaults=defaults)
+            return parse_train_args(argv)
     except UserError as err:
         raise UserError(f"{what}: {err}") from None
 
