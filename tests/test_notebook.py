@@ -2,8 +2,8 @@
 
 Session 1 builds a (here empty) wheels folder, installs from it with no index, trains fold 1 of 2 and
 leaves fold 2 for the next session, predicts with TTA and writes a submission. Session 2 starts from
-session 1's output (as a Kaggle user attaches the previous version), keeps fold 1, trains fold 2 and
-ensembles both. The parameters are overridden the way CI and papermill do, through MCVQA_NOTEBOOK_PARAMS.
+session 1's output (as a Kaggle user attaches the previous version), keeps fold 1 and its predictions,
+trains and scores fold 2, and ensembles both (the ensemble checks the carried files' provenance). The parameters are overridden the way CI and papermill do, through MCVQA_NOTEBOOK_PARAMS.
 """
 
 import json
@@ -74,10 +74,12 @@ def test_two_sessions_train_predict_with_tta_ensemble_and_submit(tiny_model, eas
                    "INSTALL": False, "PREVIOUS_OUTPUT_DIR": str(session1)}, monkeypatch, session2)
     assert "fold 1: finished in an earlier session" in out and "fold 2 | acc" in out
     assert "finished folds: [1, 2]; trained now: [2]; for the next session: none" in out
+    assert "scoring folds [2]; kept from an earlier session: [1]" in out
     for k in (1, 2):
         fold = session2 / "runs/tiny" / f"fold{k}"
         assert (fold / "test_probs.csv").is_file() and (fold / "oof_tta.csv").is_file()
-    assert (session1 / "runs/tiny/fold1/metrics.json").read_text() == (session2 / "runs/tiny/fold1/metrics.json").read_text()
+    for name in ("metrics.json", "test_probs.csv", "oof_tta.csv"):  # fold 1 carried over as it was
+        assert (session1 / "runs/tiny/fold1" / name).read_bytes() == (session2 / "runs/tiny/fold1" / name).read_bytes()
     second = pd.read_csv(session2 / "submission.csv", dtype=str)
     assert second["id"].tolist() == sample["id"].tolist() and set(second["answer"]) <= set("abcd")
     probs = pd.read_csv(session2 / "ensemble_probs.csv")
