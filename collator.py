@@ -32,6 +32,7 @@ from mcvqa import LETTERS
 from mcvqa.errors import UserError
 from mcvqa.images import read_image
 from mcvqa.prompts import conversation, user_text
+from mcvqa.second_round import target_tensors
 from mcvqa.tta import identity, permute
 
 
@@ -100,6 +101,7 @@ class Encoded:
     pixel_values: torch.Tensor
     grid_thw: torch.Tensor
     position_ids: torch.Tensor = None
+    order: list = None  # original option index shown at each position (None: a-d as given)
 
 
 class MCVQACollator:
@@ -236,7 +238,7 @@ class MCVQACollator:
             positions = self._position_cache.get(key)
             if positions is None:
                 positions = self._position_cache[key] = self.position_fn(ids, grid)
-        return Encoded(ids, labels, pixel_values, grid, positions)
+        return Encoded(ids, labels, pixel_values, grid, positions, row.get("_order"))
 
     def prepare(self, rows, views=(identity,)):
         """Warm the caches (images decoded and resized, prompts tokenised) before training forks workers."""
@@ -271,6 +273,9 @@ class MCVQACollator:
                 positions[:, i, width - len(e.input_ids):] = e.position_ids
             batch["position_ids"] = positions
         batch["answer_index"] = answer_index(labels)
+        if self.train:
+            # Soft pseudo-labels and teacher probabilities, permuted like the options each row shows.
+            batch.update(target_tensors(rows, [e.order for e in encoded]))
         if (labels != -100).any():
             batch["labels"] = labels
         return batch

@@ -60,6 +60,28 @@ class DataArguments:
         "help": "The train.csv column whose values --oversample names, e.g. a finer group column than the type."})
     max_train_samples: int = field(default=None, metadata={"help": "Use only this many training rows (quick runs)."})
     max_eval_samples: int = field(default=None, metadata={"help": "Evaluate during training on at most this many rows."})
+    pseudo_labels: str = field(default=None, metadata={
+        "help": "Second round: an ensemble_probs.csv (id,a,b,c,d over test.csv's rows, e.g. ensemble.py's); the test "
+                "rows whose top probability reaches --pseudo_min_prob join the TRAINING rows of the fold (never its "
+                "validation rows; oof.csv stays over train.csv's rows). Their ids must not be train.csv ids."})
+    pseudo_min_prob: float = field(default=None, metadata={
+        "help": "With --pseudo_labels: the top probability a test row needs to be added (e.g. 0.9)."})
+    pseudo_soft: bool = field(default=False, metadata={
+        "help": "With --pseudo_labels: train the added rows on their four probabilities (cross-entropy against "
+                "the soft distribution over the letter logits) instead of their most probable letter."})
+    teacher_probs: str = field(default=None, metadata={
+        "help": "Distillation: the teacher's probabilities (id,a,b,c,d), or a teacher run folder (its folds' "
+                "oof.csv / oof_tta.csv, and the mean of their test_probs.csv for pseudo-labelled rows). For "
+                "train.csv rows they MUST be out-of-fold. Checked: a run folder (each fold's OOF file against its "
+                "weights, refused if it covers rows that fold trained on, per its folds.csv) or a file inside a "
+                "fold folder (refused if it covers rows that fold trained on; full/ trained on all). A file "
+                "elsewhere (e.g. an ensemble's blend) is not checked, only warned about. Training rows the teacher does not cover get the plain loss (counted in the run "
+                "record); validation rows never see the teacher."})
+    distill_alpha: float = field(default=None, metadata={
+        "help": "With --teacher_probs: loss = (1 - A) * CE(letter) + A * T^2 * KL(teacher_T || student_T) over the "
+                "four letter logits, e.g. 0.5."})
+    distill_temperature: float = field(default=1.0, metadata={
+        "help": "T of --distill_alpha's loss: teacher_T = softmax(log p / T), student_T = softmax(logits / T)."})
 
 
 @dataclass
@@ -72,7 +94,13 @@ class RunArguments:
         "help": "Stop training after this many minutes (then evaluate and save as usual): fits Kaggle's limits."})
     ema_decay: float = field(default=None, metadata={
         "help": "Keep an exponential moving average of the trainable weights (e.g. 0.999) and save and score it "
-                "instead of the last weights; replaces best-checkpoint reloading (--load_best_model_at_end false)."})
+                "instead of the last weights; replaces best-checkpoint reloading (--load_best_model_at_end false). "
+                "Kept in each checkpoint, so --resume continues it."})
+    swa_start: float = field(default=None, metadata={
+        "help": "Stochastic weight averaging: from this fraction of the planned steps on (e.g. 0.75), average the "
+                "trainable weights after every step with equal weights, and save and score the average instead of "
+                "the last weights (with --load_best_model_at_end false; not with --ema_decay). Like --ema_decay's "
+                "average it is kept in each checkpoint, so --resume continues it."})
     report: bool = field(default=False, metadata={"help": "Write PNG plots and report.md for the fold."})
     blank_images: bool = field(default=False, metadata={
         "help": "Ablation: replace every image by a grey one, to measure what the text alone allows."})
