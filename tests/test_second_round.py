@@ -407,4 +407,16 @@ def test_the_average_survives_resume(tiny_model, easy_vqa_dir, tmp_path, average
     assert diff <= 1e-6, f"resumed average differs by {diff:.3g}"
     restarted = resumed("restarted", keep_average=False)
     gap = max((restarted[k] - reference[k]).abs().max().item() for k in reference if "lora_B" in k)
+    print(f"{average[0]}: resumed vs uninterrupted max abs diff {diff:.3g}; restarted average differs by {gap:.3g}")
     assert gap > 1e-4, "restarting the average changed nothing: the test would not see a lost state"
+
+
+def test_resume_refuses_a_checkpoint_made_from_another_pseudo_label_file(tiny_model, easy_vqa_dir, tmp_path, capsys):
+    test_ids = read(easy_vqa_dir / "test.csv")["id"]
+    pseudo = probs_file(tmp_path / "ensemble_probs.csv", test_ids, seed=1)
+    args = [*QUICK[:4], "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2", "--max_steps", "2",
+            "--load_best_model_at_end", "false", "--pseudo_labels", str(pseudo), "--pseudo_min_prob", "0.5"]
+    train_fold(tiny_model, easy_vqa_dir, tmp_path / "run", 1, *args)
+    probs_file(pseudo, test_ids, seed=2)  # same path, other probabilities
+    err = exit_message(base_argv(tiny_model, easy_vqa_dir, tmp_path / "run", 1, *args, "--resume"), capsys)
+    assert "was written by a run with other settings (pseudo_labels_fingerprint" in err
