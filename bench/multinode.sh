@@ -56,8 +56,9 @@ for v in $VARIANTS; do
   echo "$v one node: rc=$? $(( $(date +%s) - start ))s"
   PORT=$((PORT + 1)); start=$(date +%s)
   for r in 0 1; do
-    # One GPU per machine; on a CPU host both "machines" share the cores.
-    visible=$([ "$DEVICE" = gpu ] && echo "CUDA_VISIBLE_DEVICES=$r" || echo "ACCELERATE_USE_CPU=true")
+    # One GPU per machine, which cannot see the other's (no peer-to-peer copies, as between two hosts; NCCL
+    # goes through host memory); on a CPU host both "machines" share the cores.
+    visible=$([ "$DEVICE" = gpu ] && echo "CUDA_VISIBLE_DEVICES=$r NCCL_P2P_DISABLE=1" || echo "ACCELERATE_USE_CPU=true")
     env $visible accelerate launch $(launcher $v) --num_machines 2 --num_processes 2 --machine_rank $r \
       --main_process_ip 127.0.0.1 --main_process_port $PORT \
       train_lora.py $args $(extra $v) --output_dir $W/$v/two > $OUT/${v}_two_nodes_rank$r.log 2>&1 &
