@@ -1,6 +1,8 @@
 """Loading a Qwen-VL processor and model the same way for a hub id and a local folder."""
 
+import contextlib
 import importlib.util
+import warnings
 
 from mcvqa.errors import UserError
 
@@ -174,7 +176,17 @@ def attach_lora(model, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_vision=
         model.enable_input_require_grads()
     config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                         target_modules=language_lora_targets(lora_vision), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with peft_quietly():
+        return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def peft_quietly():
+    """peft reads transformers 5's deprecated `is_gradient_checkpointing` on every adapter it wraps or loads:
+    a FutureWarning about peft's code, not the user's, shown on every run. Only that warning is hidden."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def load_model(name_or_path, precision="auto", quantization="none", attn_implementation="auto",
@@ -225,7 +237,8 @@ def load_model(name_or_path, precision="auto", quantization="none", attn_impleme
     if adapter_path is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=False)
+        with peft_quietly():
+            model = PeftModel.from_pretrained(model, adapter_path, is_trainable=False)
         pad_vision_mlp(model)  # exact; frozen vision MLPs only (speed: bench/RESULTS.md, issue 14)
         return model, precision
     if full_finetune:
