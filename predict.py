@@ -46,6 +46,9 @@ class PredictArguments:
     liger: str = field(default="auto", metadata={
         "help": "Liger-Kernel's fused kernels for scoring: auto (on with liger-kernel installed, CUDA, an unquantised "
                 "base), true or false.", "choices": ["auto", "true", "false"]})
+    compile_layers: bool = field(default=False, metadata={
+        "help": "Regional torch.compile of each decoder layer for scoring (CUDA; every image scale and batch width "
+                "compiles once, so it pays off on large test sets)."})
     merge_and_save: str = field(default=None, metadata={
         "help": "Merge the (single) selected fold's LoRA adapter into its base model and save it here, then exit."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
@@ -66,13 +69,13 @@ def find_folds(output_dir, only=None):
     return found
 
 
-def load_fold(fold_dir, precision, liger="auto"):
+def load_fold(fold_dir, precision, liger="auto", compile_layers=False):
     """(run record, processor, model, collator) of a trained fold, set up exactly as in training."""
     from mcvqa.runs import RunRecord, build, check_weights
 
     record = RunRecord.load(fold_dir)
     check_weights(fold_dir, record)
-    built = build(record, fold_dir, precision=precision, liger=liger)
+    built = build(record, fold_dir, precision=precision, liger=liger, compile_layers=compile_layers)
     return record, built
 
 
@@ -86,7 +89,6 @@ def main(argv=None):
     from mcvqa.data import load_split
     from mcvqa.metrics import accuracy, indices_to_letters, letters_to_indices
     from mcvqa.modeling import resolve_precision
-    from mcvqa.runs import check_artefact
     from mcvqa.scoring import predict_probs
     from mcvqa.tta import average, named_views
 
@@ -118,13 +120,11 @@ def main(argv=None):
 
     for fold_dir in folds:
         # ---- Model -----------------------------------------------------------------------------------
-        record, built = load_fold(fold_dir, args.precision, args.liger)
+        record, built = load_fold(fold_dir, args.precision, args.liger, args.compile_layers)
         model = built.model.to(state.device)
         jobs = [("test", test_df)]
-        if score_oof and (fold_dir / "oof.csv").is_file():
-            # The rows to re-score come from the fold's own OOF file: it must be this model's, on this train.csv.
-            check_artefact(fold_dir, "oof.csv", args.data_dir, record)
-            oof_ids = set(pd.read_csv(fold_dir / "oof.csv", dtype=str, keep_default_na=False)["id"])
+        oof_ids = held_out_ids(fold_dir, record, args.data_dir) if score_oof else None
+        if oof_ids is not None:
             jobs.append(("oof", train_df[train_df["id"].isin(oof_ids)]))
         # ---- Score -----------------------------------------------------------------------------------
         for kind, df in jobs:
@@ -167,6 +167,26 @@ def main(argv=None):
         del model, built
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def held_out_ids(fold_dir, record, data_dir):
+    """The ids of a fold's held-out rows: from its oof.csv (checked to be this model's, on this train.csv), or,
+    when training stopped before writing it, from the run's folds.csv the fold was trained with; None for `full`."""
+    import pandas as pd
+
+    from mcvqa.runs import check_artefact, file_fingerprint, fold_number
+
+    if (fold_dir / "oof.csv").is_file():
+        check_artefact(fold_dir, "oof.csv", data_dir, record)
+        return set(pd.read_csv(fold_dir / "oof.csv", dtype=str, keep_default_na=False)["id"])
+    k, folds_csv = fold_number(fold_dir), fold_dir.parent / "folds.csv"
+    if k is None or k < 1 or not folds_csv.is_file():
+        return None
+    if record.data_files.get("folds.csv") != file_fingerprint(folds_csv):
+        raise UserError(f"{folds_csv}: not the split {fold_dir} was trained with (changed since); cannot tell its "
+                        "held-out rows: retrain the fold")
+    folds = pd.read_csv(folds_csv, dtype=str, keep_default_na=False)
+    return set(folds.loc[folds["fold"] == str(k), "id"])
 
 
 def save_artefact(fold_dir, name, table, data_file, views, weights):

@@ -39,6 +39,8 @@ def check_args(model_args, data_args, run_args, args, given=()):
     import torch
 
     problems = []
+    # `accelerate launch` with an FSDP config says so through the environment, before any process group exists.
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
     if data_args.n_folds < 2:
         problems.append(f"--n_folds {data_args.n_folds}: needs at least 2")
     elif data_args.fold not in (-1,) and not 1 <= data_args.fold <= data_args.n_folds:
@@ -60,8 +62,9 @@ def check_args(model_args, data_args, run_args, args, given=()):
         problems.append(f"--time_budget_minutes {run_args.time_budget_minutes}: must be positive")
     ignored = sorted(k for k in given if k in ("lora_r", "lora_alpha", "lora_dropout", "lora_vision"))
     if model_args.full_finetune and ignored:
-        problems.append(f"--full_finetune trains every weight: {', '.join('--' + k for k in ignored)} would be "
-                        "ignored; drop them (or drop --full_finetune)")
+        # A LoRA preset reused for a full fine-tune is legitimate; say what does not apply rather than refuse.
+        print(f"note: --full_finetune trains every weight: {', '.join('--' + k for k in ignored)} do not apply",
+              file=sys.stderr)
     if model_args.lora_r <= 0 and not model_args.full_finetune:
         problems.append(f"--lora_r {model_args.lora_r}: must be positive")
     if run_args.ema_decay is not None:
@@ -70,6 +73,9 @@ def check_args(model_args, data_args, run_args, args, given=()):
         if data_args.fold != -1 and args.load_best_model_at_end:
             problems.append("--ema_decay saves the averaged weights, not the best checkpoint: add "
                             "--load_best_model_at_end false (or drop --ema_decay)")
+    from mcvqa.second_round import argument_problems
+
+    problems += argument_problems(data_args, run_args, args)
     if model_args.min_pixels > model_args.max_pixels:
         problems.append(f"--min_pixels {model_args.min_pixels} is above --max_pixels {model_args.max_pixels}")
     if model_args.quantization != "none":
@@ -79,6 +85,13 @@ def check_args(model_args, data_args, run_args, args, given=()):
             problems.append(f"--quantization {model_args.quantization} needs bitsandbytes: pip install bitsandbytes")
         if model_args.full_finetune:
             problems.append("--full_finetune cannot train quantised weights: drop --quantization")
+        if fsdp:
+            problems.append(f"--quantization {model_args.quantization} does not run under FSDP (this accelerate "
+                            "config): for QLoRA on several GPUs use DDP (accelerate_configs/dual_t4.yaml or "
+                            "multi_gpu_bf16.yaml)")
+    if fsdp and not torch.cuda.is_available():
+        problems.append("FSDP (this accelerate config) needs CUDA GPUs: without them accelerate starts independent "
+                        "single-process runs that overwrite each other; use accelerate_configs/cpu.yaml")
     if model_args.precision in ("bf16", "fp16") and not torch.cuda.is_available():
         problems.append(f"--precision {model_args.precision} needs a CUDA GPU; use auto or fp32 on CPU")
     collect([p for p in problems if p], "invalid arguments:")
@@ -127,18 +140,65 @@ def check_writable(output_root):
         raise UserError(f"--output_dir {output_root}: {parent} is not writable (choose another --output_dir)")
 
 
+def fsdp_version(model):
+    """2 or 1 when FSDP holds `model`'s parameters as shards (FSDP2: DTensors; FSDP1: wrapper modules), else 0."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    modules = list(model.modules())
+    return 2 if any(isinstance(m, FSDPModule) for m in modules) else \
+        1 if any(isinstance(m, FullyShardedDataParallel) for m in modules) else 0
+
+
 def load_full_checkpoint(model, checkpoint):
-    """Put a full fine-tune checkpoint's weights into `model` before the Trainer resumes from it.
+    """Put a full fine-tune checkpoint's weights into `model`: before the Trainer resumes from it, or the best
+    one after training. A checkpoint that does not match leaves the model untouched.
 
     The Trainer's own reload matches almost no key of a full Qwen-VL checkpoint (saved under the hub's
     names) and would silently resume from the base weights; from_pretrained does the key renaming.
+    Under FSDP each rank holds only shards, which a plain load_state_dict cannot copy into: rank 0 reads
+    the checkpoint (one copy in CPU memory, not one per rank) and torch's distributed state-dict API
+    broadcasts it into every rank's shards.
     """
+    import torch.distributed as dist
     from transformers import AutoModelForImageTextToText
 
-    state = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype="auto", use_safetensors=True).state_dict()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"checkpoint {checkpoint} does not match the model: {missing[:3]} {unexpected[:3]}")
+    fsdp = fsdp_version(model)
+    sharded = fsdp > 0
+    state, problem = {}, None
+    if not sharded or dist.get_rank() == 0:
+        try:
+            state = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype="auto",
+                                                                use_safetensors=True).state_dict()
+            # FSDP1's state_dict() is a collective (rank 0 alone would hang in it); its load below checks the
+            # names itself. FSDP2's is local and keeps the model's own names.
+            expected = set(state) if fsdp == 1 else set(model.state_dict(keep_vars=True))
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            if missing or unexpected:
+                problem = f"checkpoint {checkpoint} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        except Exception as err:  # every rank must hear of it, or the others wait in the broadcast forever
+            problem = f"checkpoint {checkpoint} cannot be read: {type(err).__name__}: {err}"
+    if sharded:
+        box = [problem]
+        dist.broadcast_object_list(box, src=0)
+        problem = box[0]
+    if problem:
+        raise RuntimeError(problem)
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    else:
+        model.load_state_dict(state)
+    import logging
+
+    logging.getLogger("transformers.trainer").addFilter(_trainer_key_report)
+
+
+def _trainer_key_report(record):
+    """Drop the Trainer's "missing/unexpected keys" report of its own reload of a full checkpoint: it lists every
+    key (hub names against the model's) and changes nothing, the weights being already in (load_full_checkpoint)."""
+    return not record.getMessage().startswith(("There were missing keys in the checkpoint model loaded",
+                                               "There were unexpected keys in the checkpoint model loaded"))
 
 
 @report_user_errors
@@ -149,10 +209,11 @@ def main(argv=None):
 
     from mcvqa import LETTERS
     from mcvqa.data import assign_folds, load_split, to_dataset
+    from mcvqa.averaging import weight_average
     from mcvqa.io import write_csv, write_json
     from mcvqa.metrics import indices_to_letters, letters_to_indices, metrics_from_logits, softmax
     from mcvqa.runs import RunRecord, build, file_fingerprint, fold_name, record_artefact, weights_fingerprint
-    from mcvqa.trainer import CheckpointRecord, FoldProgress, MCVQATrainer, TimeBudget, WeightEMA, make_compute_metrics
+    from mcvqa.trainer import CheckpointRecord, FoldProgress, MCVQATrainer, TimeBudget, make_compute_metrics
 
     started = time.time()
     # ---- Arguments -------------------------------------------------------------------------------
@@ -172,6 +233,14 @@ def main(argv=None):
 
     check_model_folder(model_args.model_name_or_path, model_args.trust_remote_code)
     train_df = load_split(data_args.data_dir, "train")
+    try:  # predict.py's check of test.csv, now rather than after hours of training
+        load_split(data_args.data_dir, "test")
+    except UserError as err:
+        if int(os.environ.get("RANK", "0")) == 0:
+            first, *rest = str(err).splitlines()
+            print("\n".join([f"warning: {first.rstrip(':')} (predict.py will refuse test.csv until this is fixed; "
+                             "training continues)", *(f"  {line.strip()}" for line in rest)]),
+                  file=sys.stderr, flush=True)
     factors = None
     if data_args.oversample:
         if data_args.oversample_by not in train_df.columns:
@@ -181,6 +250,9 @@ def main(argv=None):
         factors = oversample_factors(data_args.oversample, train_df[data_args.oversample_by], data_args.oversample_by)
     record = RunRecord(model_args, data_args, run_args, training=args.to_dict(), fold_dir=str(fold_dir))
     checkpoints = fold_dir / "checkpoints"
+    from mcvqa import second_round
+
+    second = second_round.prepare(data_args, train_df, output_root, record)
     resume_from = resume_checkpoint(checkpoints, record) if run_args.resume else None
     state = PartialState()
     with state.main_process_first():
@@ -193,6 +265,8 @@ def main(argv=None):
                         f"(folds.csv edited?); delete folds.csv and folds.json to split again")
     if data_args.max_train_samples:
         fit_df = fit_df.sample(n=min(len(fit_df), data_args.max_train_samples), random_state=args.seed)
+    # Only the training rows: validation (and so oof.csv) stays over train.csv's rows of the fold.
+    fit_df = second.training_rows(fit_df)
     if factors:
         fit_df = oversample(fit_df, factors, args.seed, data_args.oversample_by)
     eval_df = val_df
@@ -211,7 +285,7 @@ def main(argv=None):
     # ---- Trainer ---------------------------------------------------------------------------------
     reload_best = args.load_best_model_at_end and data_args.fold != -1
     args = configure_training_args(args, fold_dir, precision, has_eval=data_args.fold != -1,
-                                   full_finetune=model_args.full_finetune,
+                                   full_finetune=model_args.full_finetune, given=given,
                                    run_name=run_name(model_args.model_name_or_path, fold_dir.name, argv))
     record.training, record.precision = args.to_dict(), precision
     record.liger_applied = bool(getattr(model, "mcvqa_liger", False))
@@ -219,29 +293,62 @@ def main(argv=None):
     budget = TimeBudget(run_args.time_budget_minutes) if run_args.time_budget_minutes else None
     if budget:
         callbacks.append(budget)
-    if run_args.ema_decay is not None:
-        callbacks.append(WeightEMA(run_args.ema_decay))
+    average = weight_average(run_args)
+    if average is not None:
+        callbacks.append(average)
     if data_args.fold != -1 and run_args.early_stopping_patience > 0 and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
     trainer = MCVQATrainer(
         model=model, args=args, data_collator=built.train_collator, eval_collator=built.collator,
         train_dataset=to_dataset(fit_df), eval_dataset=to_dataset(eval_df) if data_args.fold != -1 else None,
         compute_metrics=make_compute_metrics(eval_df["question_type"].tolist()), letter_ids=built.letter_ids,
-        restricted_loss=data_args.restricted_loss, callbacks=callbacks, time_budget=budget,
+        restricted_loss=data_args.restricted_loss, callbacks=callbacks,
+        time_budget=budget,
+        distill=(data_args.distill_alpha, data_args.distill_temperature) if second.distill else None,
     )
 
     # ---- Train -----------------------------------------------------------------------------------
     if resume_from and model_args.full_finetune:
         load_full_checkpoint(trainer.model, resume_from)
+    # The Trainer's own best-checkpoint reload (LoRA) waits until the last weights are saved (below).
+    trainer_reload, trainer._load_best_model = trainer._load_best_model, lambda: None
     train_result = trainer.train(resume_from_checkpoint=resume_from)
-    best = trainer.state.best_model_checkpoint
-    if model_args.full_finetune and reload_best and best and Path(best).is_dir():
-        # Same renaming problem as on resume: the Trainer cannot reload a full Qwen-VL checkpoint itself.
-        load_full_checkpoint(trainer.model, best)
-        print(f"loaded the best checkpoint {best}", file=sys.stderr)
 
     # ---- Save ------------------------------------------------------------------------------------
-    trainer.save_model(str(fold_dir))
+    # The trained weights and the run record naming them come first; whatever can still fail (the best
+    # checkpoint's reload, OOF scoring, the report) comes after, so a failure there never loses the training.
+    train_csv = Path(data_args.data_dir) / "train.csv"
+
+    def save_weights():
+        trainer.save_model(str(fold_dir))
+        if trainer.is_world_process_zero():
+            record.weights = weights_fingerprint(fold_dir)
+            record.data_files = {"train.csv": file_fingerprint(train_csv),
+                                 "folds.csv": file_fingerprint(output_root / "folds.csv")}
+            record.save(fold_dir)
+
+    def failed(step, saved, finish=None):
+        oof = " --score_oof" if data_args.fold != -1 else ""
+        finish = finish or (f"python predict.py --output_dir {output_root} --folds {fold_dir.name.replace('fold', '')}"
+                            f"{oof} scores the test set{' and the held-out rows' if oof else ''} with them")
+        return RuntimeError(f"{step} failed (the error above); {saved} saved in {fold_dir} with its run record, "
+                            f"so the training is not lost: {finish}")
+
+    save_weights()
+    best, step = trainer.state.best_model_checkpoint, trainer.state.global_step
+    # A best checkpoint of the last step holds the weights just saved.
+    if reload_best and best and Path(best).is_dir() and Path(best).name != f"checkpoint-{step}":
+        try:
+            if model_args.full_finetune:
+                # Same renaming problem as on resume: the Trainer cannot reload a full Qwen-VL checkpoint itself.
+                load_full_checkpoint(trainer.model, best)
+            else:
+                trainer_reload()
+        except Exception as err:
+            raise failed(f"reloading the best checkpoint {best}", f"the last weights (step {step}) are") from err
+        save_weights()
+        if trainer.is_world_process_zero():
+            print(f"loaded the best checkpoint {best}", file=sys.stderr)
     metrics = dict(train_result.metrics)
     # The Trainer's samples/s counts the planned epochs; a time budget or early stop ends sooner.
     metrics["samples_seen"] = (trainer.state.global_step * args.per_device_train_batch_size
@@ -249,7 +356,10 @@ def main(argv=None):
     metrics["samples_per_s"] = metrics["samples_seen"] / max(metrics.get("train_runtime", 0.0), 1e-9)
     oof = None
     if data_args.fold != -1:
-        pred = trainer.predict(to_dataset(val_df))
+        try:
+            pred = trainer.predict(to_dataset(val_df))
+        except Exception as err:
+            raise failed("scoring the out-of-fold rows", "the trained weights are") from err
         probs = softmax(pred.predictions)
         scores = metrics_from_logits(pred.predictions, letters_to_indices(val_df["answer"]),
                                      val_df["question_type"].tolist())
@@ -260,11 +370,6 @@ def main(argv=None):
     if trainer.is_world_process_zero():
         minutes = (time.time() - started) / 60
         metrics.update(minutes=minutes, precision=precision, n_train=len(fit_df), n_val=len(val_df))
-        train_csv = Path(data_args.data_dir) / "train.csv"
-        record.weights = weights_fingerprint(fold_dir)
-        record.data_files = {"train.csv": file_fingerprint(train_csv),
-                             "folds.csv": file_fingerprint(output_root / "folds.csv")}
-        record.save(fold_dir)
         trainer.state.save_to_json(str(fold_dir / "trainer_state.json"))
         write_json(fold_dir / "metrics.json", metrics)
         summary = f"{fold_dir.name.replace('fold', 'fold ')} | {minutes:.0f}m"
@@ -276,7 +381,14 @@ def main(argv=None):
         if run_args.report:
             from mcvqa.report import write_fold_report
 
-            print(f"report: {write_fold_report(fold_dir)}")
+            try:
+                print(f"report: {write_fold_report(fold_dir)}")
+            except UserError:
+                raise
+            except Exception as err:
+                raise failed("writing the report", "the weights, metrics.json and any oof.csv are",
+                             "python -c \"from mcvqa.report import write_fold_report as w; "
+                             f"w('{fold_dir}')\" writes it again") from err
         print(summary, flush=True)
     return metrics
 
@@ -307,8 +419,11 @@ def run_name(model_name_or_path, fold_name, argv=None):
     return "-".join(x for x in (short_name(model_name_or_path), fold_name, preset) if x)
 
 
-def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_finetune=False):
-    """Point the Trainer at the fold folder and apply the resolved precision and evaluation plan."""
+def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_finetune=False, given=()):
+    """Point the Trainer at the fold folder and apply the resolved precision and evaluation plan.
+
+    `given`: the flag names the user set (command line or --config); an explicit --report_to is kept as given.
+    """
     import importlib.util
 
     import torch
@@ -323,7 +438,8 @@ def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_
         # The Trainer reloads a full Qwen-VL checkpoint without its key renaming (weights silently kept
         # as they are); main() reloads the best one through load_full_checkpoint instead.
         updates.update(load_best_model_at_end=False, save_strategy=args.eval_strategy)
-    if args.report_to in (None, [], ["none"], "none") and importlib.util.find_spec("tensorboard") is not None:
+    if ("report_to" not in given and args.report_to in (None, [], ["none"], "none")
+            and importlib.util.find_spec("tensorboard") is not None):
         updates["report_to"] = ["tensorboard"]
     if args.use_cpu or not torch.cuda.is_available():
         updates["dataloader_pin_memory"] = False

@@ -144,8 +144,13 @@ def make_rows(n, seed=0):
     return load_split(folder, "train")
 
 
-def image_token_id(processor):
-    return processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+def bench_record(pixels):
+    """The run record of every contender's rows: this pixel budget, the default prompt, no shuffling."""
+    from mcvqa.args import DataArguments, ModelArguments, RunArguments
+    from mcvqa.runs import RunRecord
+
+    return RunRecord(ModelArguments(min_pixels=pixels, max_pixels=pixels), DataArguments(max_length=None),
+                     RunArguments())
 
 
 def sync(device):
@@ -334,7 +339,8 @@ def summarise(timer, counter, a, counts, device, checkpointing, peak, extra=None
 
 
 def train_ours(a, tok_dir, processor, df, device, dtype, attn, checkpointing, peak, seed=0, losses=False):
-    from collator import MCVQACollator, option_letter_ids, rope_positions
+    from collator import option_letter_ids
+    from mcvqa.runs import make_collators
     from mcvqa.data import to_dataset
     from mcvqa.fast_vision import patch_vision_attention
     from mcvqa.kernels import compile_decoder_layers, decoder_layers, pad_vision_mlp
@@ -350,8 +356,7 @@ def train_ours(a, tok_dir, processor, df, device, dtype, attn, checkpointing, pe
     padded = pad_vision_mlp(model) if a.pad_vision_mlp else 0  # after LoRA: only a frozen vision MLP is padded
     compiled = compile_decoder_layers(model) if a.compile else 0
     vision_grad = watch_vision(model)
-    collate = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=True,
-                            position_fn=rope_positions(model, image_token_id(processor)))
+    _, collate = make_collators(bench_record(a.pixels), processor, model, train=True)
     rows = df.to_dict("records")
     collate.prepare(rows)  # what train_lora.py does before training: images and prompts cached
     counter, timer = Counting(collate), step_timer(device)
@@ -437,7 +442,8 @@ def infer(a, processor, df, device, dtype, attn, peak):
 
     from PIL import Image
 
-    from collator import MCVQACollator, option_letter_ids, rope_positions
+    from collator import option_letter_ids
+    from mcvqa.runs import make_collators
     from mcvqa import LETTERS
     from mcvqa.fast_vision import patch_vision_attention
     from mcvqa.prompts import conversation
@@ -450,8 +456,7 @@ def infer(a, processor, df, device, dtype, attn, peak):
     patch_vision_attention(model)
     speedups(model, a)
     rows = df.to_dict("records")[: a.infer_rows]
-    collate = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=False,
-                            position_fn=rope_positions(model, image_token_id(processor)))
+    collate, _ = make_collators(bench_record(a.pixels), processor, model)
     letter_ids = option_letter_ids(processor.tokenizer)
     auto = dtype if device.type == "cuda" else None
     # One view: nothing to share (the prefix-shared path is timed by the tta part).
@@ -478,8 +483,7 @@ def infer(a, processor, df, device, dtype, attn, peak):
             score(rows[: a.infer_batch_size])
             sync(device)
         profiled = profile_summary(prof, time.perf_counter() - t0, 1)
-    cold = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=False,
-                         position_fn=collate.position_fn)
+    cold, _ = make_collators(bench_record(a.pixels), processor, model)
     t0 = time.perf_counter()
     for i in range(0, len(rows), a.infer_batch_size):
         cold(rows[i: i + a.infer_batch_size])
@@ -545,12 +549,12 @@ def weights_fingerprint(model):
 
 
 def score_rows(a, model, processor, rows, device, dtype, views=None, **kwargs):
-    from collator import MCVQACollator, option_letter_ids, rope_positions
+    from collator import option_letter_ids
+    from mcvqa.runs import make_collators
     from mcvqa.scoring import predict_probs
     from mcvqa.tta import identity
 
-    collate = MCVQACollator(processor, min_pixels=a.pixels, max_pixels=a.pixels, train=False,
-                            position_fn=rope_positions(model, image_token_id(processor)))
+    collate, _ = make_collators(bench_record(a.pixels), processor, model)
     auto = dtype if device.type == "cuda" else None
     return predict_probs(model, collate, rows, option_letter_ids(processor.tokenizer), views or {"plain": identity},
                          batch_size=a.infer_batch_size, device=device, dtype=auto, progress=False, **kwargs)
@@ -689,7 +693,8 @@ def qlora_peak(name, a, processor, df, device):
     first; a size that runs out of memory ends the sweep. `fits_15gib` compares the allocator's reserved peak
     (what must fit on the card, fragmentation included) with 15 GiB, a 16 GB T4's usable memory.
     """
-    from collator import MCVQACollator, option_letter_ids, rope_positions
+    from collator import option_letter_ids
+    from mcvqa.runs import make_collators
     from mcvqa.data import to_dataset
     from mcvqa.modeling import load_model
     from mcvqa.trainer import MCVQATrainer
@@ -709,8 +714,7 @@ def qlora_peak(name, a, processor, df, device):
     for side in a.qlora_sides:
         pixels = side * side
         free(device)
-        collate = MCVQACollator(processor, min_pixels=pixels, max_pixels=pixels, train=True,
-                                position_fn=rope_positions(model, image_token_id(processor)))
+        _, collate = make_collators(bench_record(pixels), processor, model, train=True)
         timer = step_timer(device)
         try:
             with tempfile.TemporaryDirectory() as out:

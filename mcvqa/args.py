@@ -26,6 +26,10 @@ class ModelArguments:
     liger: str = field(default="auto", metadata={
         "help": "Liger-Kernel's fused RoPE/RMSNorm/SwiGLU kernels: auto (on when liger-kernel is installed, the "
                 "device is CUDA and the base is not 4/8-bit), true or false.", "choices": list(LIGER_CHOICES)})
+    compile_layers: bool = field(default=False, metadata={
+        "help": "Regional torch.compile of each decoder layer (CUDA): fuses the work between the matrix products. "
+                "7B on an H200 with checkpointing: 0.30-0.34 MFU against 0.20-0.25 eager (bench/RESULTS.md); each new "
+                "batch shape compiles once (~12 s)."})
     full_finetune: bool = field(default=False, metadata={"help": "Train all weights instead of LoRA."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})

@@ -19,11 +19,14 @@ retrained, the data file changed, or the file was replaced; the message names th
 refreshes it.
 """
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -127,6 +130,10 @@ class RunRecord:
     data_files: dict = field(default_factory=dict)  # name -> fingerprint of the data files it was trained on
     precision: str = None  # the resolved precision (auto -> bf16/fp16/fp32)
     liger_applied: bool = None  # whether Liger's kernels ran (--liger auto resolves per machine)
+    # --pseudo_labels: {file, fingerprint, test.csv, min_prob, soft, rows_in_file, rows_added, letters}
+    pseudo_labels: dict = None
+    # --teacher_probs: {file, fingerprint, checked, files, rows_covered, rows_without_teacher}
+    teacher: dict = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -138,7 +145,7 @@ class RunRecord:
                 "data": dataclasses.asdict(self.data), "run": dataclasses.asdict(self.run),
                 "training": self.training, "fold_dir": self.fold_dir, "weights": self.weights,
                 "data_files": self.data_files, "precision": self.precision,
-                "liger_applied": self.liger_applied}
+                "liger_applied": self.liger_applied, "pseudo_labels": self.pseudo_labels, "teacher": self.teacher}
 
     def save(self, fold_dir):
         return write_json(Path(fold_dir) / RECORD, self.to_dict())
@@ -152,6 +159,7 @@ class RunRecord:
                    run=_from_dict(RunArguments, flat), training=dict(d.get("training") or {}),
                    fold_dir=d.get("fold_dir", ""), weights=d.get("weights"), data_files=d.get("data_files") or {},
                    precision=d.get("precision"), liger_applied=d.get("liger_applied"),
+                   pseudo_labels=d.get("pseudo_labels"), teacher=d.get("teacher"),
                    schema_version=int(d.get("schema_version", 1)))
 
     @classmethod
@@ -194,6 +202,11 @@ def resume_settings(record):
                 out[k] = v
     out["blank_images"] = record.run.blank_images
     out["ema_decay"] = record.run.ema_decay
+    out["swa_start"] = record.run.swa_start
+    # The files' contents, not only their names: a changed pseudo-label or teacher file is another run.
+    for key in ("pseudo_labels", "teacher"):
+        if getattr(record, key):
+            out[f"{key}_fingerprint"] = getattr(record, key).get("fingerprint")
     for k in RESUME_TRAINING_KEYS:
         if k in record.training:
             out[k] = record.training[k]
@@ -297,6 +310,47 @@ def check_weights(fold_dir, record):
                         "from another run); retrain the fold or restore its folder whole")
 
 
+# How a full or read-only disk shows: OSError from Python's own writes, "(os error N)" in safetensors' message,
+# and for torch.save a zip-writer failure that names no cause (observed: "unexpected pos 61504 vs 61392").
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied"}
+_TORCH_WRITER = ("inline_container.cc", "PytorchStreamWriter", "file write failed")
+
+
+def write_failure(err):
+    """Why a write failed, when the cause is the disk (full, over quota, read-only, not permitted), else None."""
+    if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+        return _WRITE_ERRNOS[err.errno]
+    text = str(err)
+    for code, why in _WRITE_ERRNOS.items():
+        if f"(os error {code})" in text:
+            return why
+    if isinstance(err, RuntimeError) and any(s in text for s in _TORCH_WRITER):
+        return "the write was cut short, as on a full disk"
+    return None
+
+
+@contextlib.contextmanager
+def writing(path, fix):
+    """Turn a disk problem while writing `path` (write_failure) into one UserError naming it, with the free
+    space left and `fix`; any other error passes through."""
+    try:
+        yield
+    except Exception as err:
+        why = write_failure(err)
+        if why is None:
+            raise
+        where = Path(path).absolute()
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        try:
+            free = f" ({shutil.disk_usage(where).free / 2 ** 20:.0f} MB free on its disk)"
+        except OSError:
+            free = ""
+        raise UserError(f"{path}: cannot write: {why}{free}; {fix}") from None
+
+
 def refresh_command(fold_dir, name):
     """The command that rewrites artefact `name` of a fold folder."""
     run, fold = Path(fold_dir).parent, Path(fold_dir).name
@@ -350,11 +404,15 @@ def check_artefact(fold_dir, name, data_dir=None, record=None):
     if entry is None:
         raise UserError(f"{target}: no provenance record in {fold_dir / ARTEFACTS} (written by an older mcvqa or "
                         f"copied in by hand), so it cannot be checked against the fold's weights; {fix}")
+    if not target.is_file():
+        raise UserError(f"{target}: missing; {fix}")
     record = record or RunRecord.load(fold_dir)
     if entry.get("weights") != record.weights:
         raise UserError(f"{target}: stale, made from other weights than the fold's model (the fold was retrained "
                         f"after it was written); {fix}")
     if entry.get("sha256") != file_fingerprint(target):
+        if target.stat().st_size == 0:
+            raise UserError(f"{target}: empty (0 bytes: cut short by a full disk or an interrupted copy); {fix}")
         raise UserError(f"{target}: changed since it was written (edited or replaced by hand); {fix}")
     if data_dir is not None and entry.get("data_file"):
         data_file = Path(data_dir) / entry["data_file"]
@@ -380,18 +438,17 @@ class Built:
 
 
 def build(record, weights_dir=None, *, train=False, precision=None, gradient_checkpointing=False,
-          device_index=None, liger=None):
+          device_index=None, liger=None, compile_layers=None):
     """Processor, model and collator(s) exactly as the run record says; the one place they are built.
 
     `weights_dir=None` (training): the base model of the record, with fresh LoRA unless a full fine-tune.
     `weights_dir=fold folder` (prediction): the fold's saved adapter on its base model, or its full model.
-    `precision` and `liger` override the record's (predict.py --precision, --liger).
+    `precision`, `liger` and `compile_layers` override the record's (predict.py's own flags).
     """
-    from collator import MCVQACollator, option_letter_ids, rope_positions
+    from collator import option_letter_ids
     from mcvqa.modeling import check_model_folder, load_model, load_processor
-    from mcvqa.prompts import parse_templates
 
-    m, d, r = record.model, record.data, record.run
+    m = record.model
     base = m.model_name_or_path
     try:
         check_model_folder(base, m.trust_remote_code)
@@ -401,15 +458,34 @@ def build(record, weights_dir=None, *, train=False, precision=None, gradient_che
         raise UserError(f"{Path(weights_dir) / RECORD}: the fold's base model: {err}") from None
     processor = load_processor(base, m.min_pixels, m.max_pixels, m.trust_remote_code)
     is_adapter = weights_dir is not None and (Path(weights_dir) / "adapter_config.json").is_file()
+    compiling = m.compile_layers if compile_layers is None else compile_layers
+    liger = liger or m.liger
+    if compiling and liger == "auto":
+        liger = "false"  # measured no faster under compile (it cannot trace Liger's kernels), slower on the 8B
     common = dict(precision=precision or m.precision, quantization=m.quantization,
                   attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code,
                   gradient_checkpointing=gradient_checkpointing, device_index=device_index,
-                  liger=liger or m.liger)
+                  liger=liger)
     if weights_dir is None:
         model, resolved = load_model(base, full_finetune=m.full_finetune, lora_r=m.lora_r, lora_alpha=m.lora_alpha,
                                      lora_dropout=m.lora_dropout, lora_vision=m.lora_vision, **common)
     else:
         model, resolved = _load_fold_weights(weights_dir, base, is_adapter, load_model, common)
+    if compiling:
+        from mcvqa.kernels import compile_decoder_layers
+
+        compile_decoder_layers(model)
+    collator, train_collator = make_collators(record, processor, model, train=train)
+    return Built(processor, model, resolved, collator, train_collator, option_letter_ids(processor.tokenizer))
+
+
+def make_collators(record, processor, model, train=False):
+    """(scoring collator, training collator or None) as the run record says, M-RoPE positions from `model`;
+    with `train` both share one decoded-image cache."""
+    from collator import MCVQACollator, rope_positions
+    from mcvqa.prompts import parse_templates
+
+    m, d, r = record.model, record.data, record.run
     image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     kwargs = dict(min_pixels=m.min_pixels, max_pixels=m.max_pixels, supervise_eos=d.supervise_eos,
                   template=d.prompt_template, templates_by_type=parse_templates(d.templates_by_type),
@@ -420,7 +496,7 @@ def build(record, weights_dir=None, *, train=False, precision=None, gradient_che
     if train:
         train_collator = MCVQACollator(processor, shuffle_choices=d.shuffle_choices, **kwargs)
         collator.images = train_collator.images  # one decoded-image cache for training and evaluation
-    return Built(processor, model, resolved, collator, train_collator, option_letter_ids(processor.tokenizer))
+    return collator, train_collator
 
 
 def _load_fold_weights(fold_dir, base, is_adapter, load_model, common):
@@ -433,6 +509,9 @@ def _load_fold_weights(fold_dir, base, is_adapter, load_model, common):
         text = str(err)
         if "size mismatch" in text or "shape" in text or "Error(s) in loading" in text:
             what = f"its base model {base}" if is_adapter else "the model class of its config"
+            # torch's first line only names the class; the first mismatch says what differs.
+            lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+            detail = next((line for line in lines if line.startswith("size mismatch")), lines[0])
             raise UserError(f"{fold_dir}: the saved weights do not fit {what} (the base folder now holds another "
-                            f"model?): {text.strip().splitlines()[0][:200]}") from None
+                            f"model?): {detail[:300]}") from None
         raise

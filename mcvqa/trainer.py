@@ -13,6 +13,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from mcvqa.errors import UserError
 from mcvqa.metrics import metrics_from_logits
 from mcvqa.scoring import answer_logits, letter_logits, target_letters
+from mcvqa.second_round import BATCH_KEYS as SECOND_ROUND_KEYS, second_round_loss
 
 
 def divergence_advice(value, step, precision, checkpoint):
@@ -94,8 +95,9 @@ class MCVQATrainer(Trainer):
     """
 
     def __init__(self, *args, letter_ids, restricted_loss=False, eval_collator=None, nan_check_steps=4,
-                 time_budget=None, **kwargs):
+                 time_budget=None, distill=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.distill = distill or (0.0, 1.0)  # (--distill_alpha, --distill_temperature)
         self.time_budget = time_budget
         self.letter_ids = letter_ids
         self.restricted_loss = restricted_loss
@@ -104,6 +106,23 @@ class MCVQATrainer(Trainer):
         self._recent_losses = []
         # The loss is a per-batch mean; let the Trainer divide by gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
+
+    # A full or read-only disk while saving is one clear line (mcvqa.runs.writing); the checkpoint it cut
+    # short has no trainer_state.json (written last) or a truncated file, so --resume passes over it.
+    _DISK_FIX = ("free space (fewer checkpoints: --save_total_limit 1) or choose another --output_dir, then run "
+                 "again with --resume: it continues from the last complete checkpoint")
+
+    def _save_checkpoint(self, *args, **kwargs):
+        from mcvqa.runs import writing
+
+        with writing(Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}", self._DISK_FIX):
+            return super()._save_checkpoint(*args, **kwargs)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        from mcvqa.runs import writing
+
+        with writing(output_dir or self.args.output_dir, self._DISK_FIX):
+            return super().save_model(output_dir, _internal_call)
 
     def create_scheduler(self, num_training_steps, optimizer=None):
         kind = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
@@ -137,6 +156,9 @@ class MCVQATrainer(Trainer):
         targets = labels[:, at + 1: at + 1 + n]
         letters = letter_logits(logits[:, 0], self.letter_ids)
         smoothing = self.args.label_smoothing_factor
+        if any(k in inputs for k in SECOND_ROUND_KEYS):  # soft pseudo-labels or a teacher (mcvqa.second_round)
+            return second_round_loss(logits, targets, letters, inputs, self.letter_ids, self.restricted_loss,
+                                     smoothing, *self.distill), letters
         if self.restricted_loss:
             loss = F.cross_entropy(letters, target_letters(inputs, self.letter_ids), label_smoothing=smoothing)
         else:
@@ -226,35 +248,6 @@ class TimeBudget(TrainerCallback):
             control.should_evaluate = args.eval_strategy != "no"
             control.should_save = True
         return control
-
-
-class WeightEMA(TrainerCallback):
-    """Exponential moving average of the trainable weights; copied into the model when training ends.
-
-    The shadow copy is fp32 and covers only what trains (LoRA adapters: a few MB; a full fine-tune:
-    a second copy of the model). Every DDP rank holds identical weights after each step, so every rank
-    keeps an identical average. The average replaces the last weights before the model is saved and
-    the out-of-fold rows are scored; it is not part of checkpoints (a resumed run restarts it).
-    """
-
-    def __init__(self, decay):
-        self.decay = decay
-        self.params, self.shadow = [], []
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.shadow = [p.detach().float().clone() for p in self.params]
-
-    @torch.no_grad()
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.params:
-            torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.decay)
-
-    @torch.no_grad()
-    def on_train_end(self, args, state, control, **kwargs):
-        for p, s in zip(self.params, self.shadow):
-            p.copy_(s.to(p.dtype))
-        self.params, self.shadow = [], []
 
 
 def time_schedule(optimizer, budget, warmup_steps, kind, total_steps=None):

@@ -217,3 +217,14 @@ def test_resume_refuses_a_checkpoint_of_a_run_with_other_settings(trained_run, t
     skipped = []
     assert last_complete_checkpoint(checkpoint.parent, skipped) is None
     assert skipped == [f"{checkpoint.name}: trainer_state.json is truncated or unreadable"]
+
+
+def test_score_oof_finds_the_held_out_rows_when_training_stopped_before_oof_csv(trained_run, easy_vqa_dir, tmp_path):
+    import predict
+
+    run = copy_run(trained_run, tmp_path / "tiny")
+    (run / "fold2" / "oof.csv").unlink()  # as when OOF scoring failed after the weights were saved
+    predict.main(["--output_dir", str(run), "--folds", "2", "--data_dir", str(easy_vqa_dir), "--score_oof", "true",
+                  "--progress", "false"])
+    folds = read(run / "folds.csv")
+    assert set(read(run / "fold2" / "oof_tta.csv")["id"]) == set(folds.loc[folds["fold"].astype(str) == "2", "id"])

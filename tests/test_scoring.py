@@ -153,7 +153,7 @@ def test_time_budget_schedule_warms_up_then_decays_with_the_clock_and_stops_at_t
 def test_weight_ema_averages_only_trainable_weights_and_installs_the_average_at_the_end():
     from types import SimpleNamespace
 
-    from mcvqa.trainer import WeightEMA
+    from mcvqa.averaging import WeightEMA
 
     model = torch.nn.Linear(2, 1)
     model.bias.requires_grad_(False)

@@ -10,7 +10,6 @@ resumed from a checkpoint ends with the same averaged weights as an uninterrupte
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

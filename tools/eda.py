@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcvqa.cli import parse_args  # noqa: E402
-from mcvqa.errors import UserError, argument_errors, collect, report_user_errors  # noqa: E402
+from mcvqa.errors import argument_errors, collect, report_user_errors  # noqa: E402
 
 # Pixel budgets of the length table: 224^2, 448^2 (the default), 672^2, 896^2, 1344^2.
 BUDGETS = (224 * 224, 448 * 448, 672 * 672, 896 * 896, 1344 * 1344)
