@@ -212,7 +212,8 @@ def main(argv=None):
     from mcvqa.averaging import weight_average
     from mcvqa.io import write_csv, write_json
     from mcvqa.metrics import indices_to_letters, letters_to_indices, metrics_from_logits, softmax
-    from mcvqa.runs import RunRecord, build, file_fingerprint, fold_name, record_artefact, weights_fingerprint
+    from mcvqa.runs import (RunRecord, build, file_fingerprint, fold_name, record_artefact, weights_fingerprint,
+                            writing)
     from mcvqa.trainer import CheckpointRecord, FoldProgress, MCVQATrainer, TimeBudget, make_compute_metrics
 
     started = time.time()
@@ -325,7 +326,9 @@ def main(argv=None):
             record.weights = weights_fingerprint(fold_dir)
             record.data_files = {"train.csv": file_fingerprint(train_csv),
                                  "folds.csv": file_fingerprint(output_root / "folds.csv")}
-            record.save(fold_dir)
+            with writing(fold_dir / "train_config.json", "free space and train the fold again (--resume continues "
+                                                         "from its last checkpoint)"):
+                record.save(fold_dir)
 
     def failed(step, saved, finish=None):
         oof = " --score_oof" if data_args.fold != -1 else ""
@@ -370,12 +373,17 @@ def main(argv=None):
     if trainer.is_world_process_zero():
         minutes = (time.time() - started) / 60
         metrics.update(minutes=minutes, precision=precision, n_train=len(fit_df), n_val=len(val_df))
-        trainer.state.save_to_json(str(fold_dir / "trainer_state.json"))
-        write_json(fold_dir / "metrics.json", metrics)
+        folds_flag = fold_dir.name.replace("fold", "")
+        with writing(fold_dir, "the trained weights are saved there; free space, then python predict.py "
+                               f"--output_dir {output_root} --folds {folds_flag} --score_oof scores them"):
+            trainer.state.save_to_json(str(fold_dir / "trainer_state.json"))
+            write_json(fold_dir / "metrics.json", metrics)
+            if oof is not None:
+                write_csv(fold_dir / "oof.csv", oof)
+                record_artefact(fold_dir, "oof.csv", data_file=train_csv, views=["identity"],
+                                weights=record.weights)
         summary = f"{fold_dir.name.replace('fold', 'fold ')} | {minutes:.0f}m"
         if oof is not None:
-            write_csv(fold_dir / "oof.csv", oof)
-            record_artefact(fold_dir, "oof.csv", data_file=train_csv, views=["identity"], weights=record.weights)
             summary = (f"fold {data_args.fold} | acc {metrics['oof_accuracy']:.3f} | "
                        f"logloss {metrics['oof_log_loss']:.3f} | {minutes:.0f}m")
         if run_args.report:

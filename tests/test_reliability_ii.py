@@ -259,6 +259,29 @@ def test_a_full_disk_while_training_is_one_line(failure, tiny_model, easy_vqa_di
     assert last_complete_checkpoint(checkpoints, skipped) is None and skipped  # --resume passes over it
 
 
+def test_a_full_disk_at_the_last_small_files_is_one_line_and_keeps_the_weights(tiny_model, easy_vqa_dir, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """The disk fills after the weights and run record are saved, while metrics.json is written."""
+    import train_lora
+    from mcvqa import io
+    from mcvqa.runs import RunRecord, check_weights
+
+    real = io.write_json
+
+    def full(path, obj):
+        if Path(path).name == "metrics.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, obj)
+
+    monkeypatch.setattr(io, "write_json", full)
+    out = tmp_path / "run"
+    err = one_error_line(train_lora.main, train_argv(tiny_model, easy_vqa_dir, out, 1, "--max_train_samples", "8"),
+                         capsys)
+    assert f"error: {out / 'fold1'}: cannot write: no space left on the disk" in err, err
+    assert f"python predict.py --output_dir {out} --folds 1 --score_oof" in err, err
+    check_weights(out / "fold1", RunRecord.load(out / "fold1"))  # the training is not lost
+
+
 def _probs_outputs(fold):
     return {name: (fold / name).read_bytes() for name in ("test_probs.csv", "artefacts.json", "oof_tta.csv")}
 
