@@ -25,7 +25,7 @@ SUM_TOL = 1e-3  # rows of probabilities must sum to 1 within this
 RANGE_TOL = 1e-6  # probabilities may stray outside [0, 1] by this much (float noise)
 SHOW_IDS = 5  # how many offending ids an error message names
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-METHODS = ("auto", "mean", "weights", "vote")
+METHODS = ("auto", "mean", "weights", "vote", "stack")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,6 +230,105 @@ def vote(list_of_probs, weights=None):
     mean = np.tensordot(w / w.sum(), stack, axes=1)
     top = np.isclose(votes, votes.max(axis=1, keepdims=True))
     return np.where(top, mean, -np.inf).argmax(axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stacking: a multinomial logistic regression over the models' log-probabilities
+# --------------------------------------------------------------------------------------------------
+
+STACK_MIN_PER_LETTER = 20  # fewer common OOF rows of some answer letter: no stacking
+STACK_FOLDS = 5  # outer folds of the nested CV, and inner folds choosing C
+STACK_CS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)  # regularisation strengths tried, strongest first
+STACK_SEED = 0
+
+
+def stack_features(list_of_probs):
+    """(n, 4 * models) features of the stacker: log p of each model's four letters, models side by side."""
+    return np.hstack([np.log(np.clip(np.asarray(p, dtype=float), EPS, 1.0)) for p in list_of_probs])
+
+
+def stack_refusal(labels, n_models):
+    """Why these common OOF rows cannot be stacked (one line), or None when they can."""
+    if n_models < 2:
+        return f"stacking needs >= 2 models with OOF probabilities (got {n_models})"
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=len(LETTERS))
+    if counts.min() < STACK_MIN_PER_LETTER:
+        short = ", ".join(f"{LETTERS[i]}={counts[i]}" for i in range(len(LETTERS)) if counts[i] < STACK_MIN_PER_LETTER)
+        return (f"stacking needs >= {STACK_MIN_PER_LETTER} common OOF rows per answer letter "
+                f"({len(labels)} rows; too few: {short})")
+    return None
+
+
+def _folds(labels, n_splits=STACK_FOLDS):
+    from sklearn.model_selection import StratifiedKFold
+
+    n_splits = int(min(n_splits, np.bincount(labels, minlength=len(LETTERS)).min()))
+    return list(StratifiedKFold(n_splits, shuffle=True, random_state=STACK_SEED).split(np.zeros(len(labels)), labels))
+
+
+def _logistic(C):
+    from sklearn.linear_model import LogisticRegression
+
+    # lbfgs over >= 3 classes is the multinomial (softmax) loss in every scikit-learn this project accepts.
+    return LogisticRegression(C=C, max_iter=2000, warm_start=True)
+
+
+def fit_stacker(features, labels, cs=STACK_CS):
+    """A multinomial logistic regression predicting the answer letter from `stack_features`, with C chosen
+    by a stratified inner CV (mean log-loss) on these rows only, then refitted on all of them.
+
+    The letters are four positions shared by every row, so besides how far to trust each model (and each
+    model's confidence) the regression can learn letter biases, e.g. that `d` is the answer less often
+    than the models think. Returns (fitted LogisticRegression, chosen C, inner CV log-loss per C).
+    """
+    from threadpoolctl import threadpool_limits
+
+    x, y = np.asarray(features, dtype=float), np.asarray(labels, dtype=int)
+    folds = _folds(y)
+    cv_loss = np.zeros(len(cs))
+    # These fits are small (a few features): BLAS/OpenMP threads cost more than they save, up to 10x
+    # on a busy machine.
+    with threadpool_limits(1):
+        for train, held in folds:
+            model = _logistic(cs[0])
+            for i, c in enumerate(cs):  # strongest penalty first: each fit warm-starts from the previous
+                model.set_params(C=c).fit(x[train], y[train])
+                cv_loss[i] += log_loss(stack_predict(model, x[held]), y[held])
+        best = int(np.argmin(cv_loss))
+        model = _logistic(cs[best]).fit(x, y)
+    return model, float(cs[best]), {float(c): float(v) for c, v in zip(cs, cv_loss / len(folds))}
+
+
+def stack_predict(model, features):
+    """(n, 4) letter probabilities of a fitted stacker (a letter it never saw as an answer gets 0)."""
+    out = np.zeros((len(features), len(LETTERS)))
+    out[:, model.classes_] = model.predict_proba(np.asarray(features, dtype=float))
+    return out
+
+
+def nested_stack(list_of_oof_probs, labels):
+    """Honest (n, 4) OOF probabilities of the stacker: each outer fold's rows are predicted by a stacker
+    fitted (C from its own inner CV) on the other outer folds only, so no row's label shapes its prediction.
+    The temperatures scaling the inputs (run_ensemble) are fitted on all OOF rows beforehand: one scalar per
+    model, the same for the weights this is compared with (`nested_weights`).
+    """
+    y = np.asarray(labels, dtype=int)
+    x = stack_features(list_of_oof_probs)
+    out = np.zeros((len(y), len(LETTERS)))
+    for train, held in _folds(y):
+        out[held] = stack_predict(fit_stacker(x[train], y[train])[0], x[held])
+    return out
+
+
+def nested_weights(list_of_oof_probs, labels, space="prob"):
+    """`nested_stack`'s outer folds for the fitted weights: each fold blended with weights fitted on the
+    others, so the two are compared on equal terms (the weights' in-sample log-loss is optimistic)."""
+    y = np.asarray(labels, dtype=int)
+    out = np.zeros((len(y), len(LETTERS)))
+    for train, held in _folds(y):
+        w = fit_weights([p[train] for p in list_of_oof_probs], y[train], space=space)
+        out[held] = blend([p[held] for p in list_of_oof_probs], w, space)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -495,8 +594,10 @@ class EnsembleResult:
 def run_ensemble(models, template, method="auto", temperature=True, space=None, log=print):
     """Calibrate, weight and blend loaded `models`; returns an `EnsembleResult` (nothing written).
 
-    `method`: auto (weights when >= 2 models all have OOF, else mean), mean, weights or vote.
-    `space`: prob (arithmetic mean, default) or logprob (geometric mean).
+    `method`: auto (with >= 2 models all with OOF: stack where its nested-CV OOF log-loss beats the
+    weights' under the same folds, else weights; otherwise mean), mean, weights, vote or stack.
+    `space`: prob (arithmetic mean, default) or logprob (geometric mean); stack ignores it.
+    Temperatures (one per model, fitted on its OOF) scale the inputs of every method, stack included.
     """
     if method not in METHODS:
         raise UserError(f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
@@ -507,18 +608,18 @@ def run_ensemble(models, template, method="auto", temperature=True, space=None, 
     template_ids = template[id_col].astype(str).tolist()
 
     all_oof = all(m.oof is not None for m in models)
+    auto = method == "auto"
     if method == "auto":
         method = "weights" if len(models) >= 2 and all_oof else "mean"
         if method == "weights" and not common_oof(models)[0]:
             method = "mean"
             log("method: auto -> mean (the models' OOF files share no ids to fit weights on)")
-        else:
-            log(f"method: auto -> {method}" + ("" if method == "weights" else
-                f" ({len(models)} model(s){'' if all_oof else ', not all with OOF'})"))
-    if method == "weights" and not all_oof:
+        elif method == "mean":  # weights vs stack is decided once the OOF rows are read
+            log(f"method: auto -> mean ({len(models)} model(s){'' if all_oof else ', not all with OOF'})")
+    if method in ("weights", "stack") and not all_oof:
         lacking = [m.name for m in models if m.oof is None]
         raise UserError(
-            f"--method weights needs OOF probabilities (oof.csv) for every model; none for: {', '.join(lacking)}"
+            f"--method {method} needs OOF probabilities (oof.csv) for every model; none for: {', '.join(lacking)}"
             " (use --method mean, or train with k-fold)"
         )
 
@@ -548,20 +649,58 @@ def run_ensemble(models, template, method="auto", temperature=True, space=None, 
     oof_cal = [apply_temperature(p, temps[m.name]) for p, m in zip(oof_raw, models)]
     if all_oof and not ids:
         log("warning: the models' OOF files share no ids; no blend OOF score")
-        if method == "weights":
-            raise UserError("--method weights: the models' OOF files share no ids to fit weights on")
+        if method in ("weights", "stack"):
+            raise UserError(f"--method {method}: the models' OOF files share no ids to fit on")
+
+    stack_summary, stack_oof = None, None
+    if method == "stack" or (auto and method == "weights"):
+        refusal = stack_refusal(labels, len(oof_cal))
+        if refusal and method == "stack":
+            raise UserError(f"--method stack: {refusal}; use --method weights or mean")
+        if refusal:
+            log(f"method: auto -> weights ({refusal})")
+            stack_summary = {"refused": refusal}
+        else:
+            stack_oof = nested_stack(oof_cal, labels)
+            weights_oof = nested_weights(oof_cal, labels, space)
+            nested = {name: {"accuracy": accuracy(p, labels), "log_loss": log_loss(p, labels)}
+                      for name, p in (("stack", stack_oof), ("weights", weights_oof))}
+            stack_summary = {"nested_cv": {"rows": len(labels), "outer_folds": len(_folds(labels)), **nested}}
+            s, w = nested["stack"]["log_loss"], nested["weights"]["log_loss"]
+            if auto:
+                method = "stack" if s < w else "weights"
+                log(f"method: auto -> {method} (nested-CV OOF log-loss: stack {s:.4f} "
+                    f"{'<' if s < w else '>='} weights {w:.4f})")
+            log(f"nested CV ({stack_summary['nested_cv']['outer_folds']} outer folds, {len(labels)} rows): "
+                f"stack accuracy {nested['stack']['accuracy']:.4f}, log-loss {s:.4f}; "
+                f"weights accuracy {nested['weights']['accuracy']:.4f}, log-loss {w:.4f}")
 
     if method == "weights":
         weights = fit_weights(oof_cal, labels, space=space)
     else:
         weights = np.full(len(models), 1.0 / len(models))
     for m, w in zip(models, weights):
-        per_model[m.name]["weight"] = float(w)
+        if method != "stack":  # the stacker has coefficients (in summary["stack"]), no weight per model
+            per_model[m.name]["weight"] = float(w)
 
     test_cal = [apply_temperature(m.test_probs, temps[m.name]) for m in models]
     if method == "vote":
         test_blend = blend(test_cal, weights, space)
         pred = vote(test_cal, weights)
+    elif method == "stack":
+        stacker, c, cv_by_c = fit_stacker(stack_features(oof_cal), labels)
+        test_blend = stack_predict(stacker, stack_features(test_cal))
+        pred = test_blend.argmax(axis=1)
+        features = [f"{m.name}:{letter}" for m in models for letter in LETTERS]
+        coef = np.zeros((len(LETTERS), len(features)))
+        coef[stacker.classes_] = stacker.coef_
+        intercept = np.zeros(len(LETTERS))
+        intercept[stacker.classes_] = stacker.intercept_
+        stack_summary.update(
+            C=c, cv_log_loss_by_C=cv_by_c, features=features,
+            coefficients={LETTERS[i]: dict(zip(features, map(float, coef[i]))) for i in range(len(LETTERS))},
+            intercepts={LETTERS[i]: float(intercept[i]) for i in range(len(LETTERS))},
+        )
     else:
         test_blend = blend(test_cal, weights, space)
         pred = test_blend.argmax(axis=1)
@@ -571,15 +710,22 @@ def run_ensemble(models, template, method="auto", temperature=True, space=None, 
         "space": space,
         "temperature_scaling": bool(temperature),
         "models": [m.name for m in models],
-        "weights": {m.name: float(w) for m, w in zip(models, weights)},
+        "weights": None if method == "stack" else {m.name: float(w) for m, w in zip(models, weights)},
         "temperatures": temps,
         "per_model": per_model,
         "test_rows": len(template_ids),
     }
+    if stack_summary is not None:
+        summary["stack"] = stack_summary
     oof_before = oof_after = None
-    if ids:
+    if ids and method == "stack":
+        # Nested-CV probabilities: the stacker fitted on all rows would score itself in-sample.
+        oof_after = stack_oof
+        oof_before = nested_stack(oof_raw, labels) if temperature else stack_oof
+    elif ids:
         oof_before = blend(oof_raw, weights, space)
         oof_after = blend(oof_cal, weights, space)
+    if ids:
         if method == "vote":
             voted = vote(oof_cal, weights)
             blend_acc = float(np.mean(voted == labels))
@@ -588,10 +734,15 @@ def run_ensemble(models, template, method="auto", temperature=True, space=None, 
         blend_scores = {"rows": len(ids), "accuracy": blend_acc, "log_loss": log_loss(oof_after, labels),
                         "log_loss_uncalibrated": log_loss(oof_before, labels)}
         summary["oof_blend"] = blend_scores
-        note = " (weights fitted on these rows: slightly optimistic)" if method == "weights" else ""
-        log(f"blend ({method}, {space}) on {len(ids)} common OOF rows: accuracy {blend_acc:.4f}, "
-            f"log-loss {blend_scores['log_loss']:.4f}{note}")
-    log("weights: " + ", ".join(f"{m.name}={w:.3f}" for m, w in zip(models, weights)))
+        note = {"weights": " (weights fitted on these rows: slightly optimistic)",
+                "stack": " (nested CV: each row predicted by a stacker fitted without it)"}.get(method, "")
+        log(f"blend ({method}{'' if method == 'stack' else ', ' + space}) on {len(ids)} common OOF rows: "
+            f"accuracy {blend_acc:.4f}, log-loss {blend_scores['log_loss']:.4f}{note}")
+    if method == "stack":
+        log(f"stacker: multinomial logistic regression on {len(features)} log-probabilities, C={c:g} "
+            "(coefficients in ensemble.json)")
+    else:
+        log("weights: " + ", ".join(f"{m.name}={w:.3f}" for m, w in zip(models, weights)))
 
     sub = validate_submission(make_submission(template, pred), template)
     probs_df = pd.DataFrame(test_blend, columns=list(LETTERS))

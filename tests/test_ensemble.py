@@ -431,3 +431,162 @@ def test_a_trained_fold_without_predictions_is_refused(tmp_path):
     stamp(tmp_path / "m" / "fold2")
     with pytest.raises(UserError, match="folds 2 are trained but not predicted: python predict.py"):
         ens.discover_models(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# stacking (--method stack, and auto's choice between stack and weights)
+# ---------------------------------------------------------------------------------------------
+
+
+def complementary_probs(rng, labels, good_letters, strength=4.0):
+    """A model that knows the answer only on rows whose answer is one of `good_letters` (noise elsewhere)."""
+    logits = rng.normal(size=(len(labels), 4))
+    good = np.isin(labels, good_letters)
+    logits[np.flatnonzero(good), labels[good]] += strength
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def make_complementary_runs(tmp_path, n_train=320, n_test=40, folds=2, seed=0):
+    """Two runs, `ab` good on rows answered a/b and `cd` on rows answered c/d: a stacker can learn whom to
+    trust per letter, a blend cannot. Same layout as make_runs; returns (runs, data, test_ids, test_labels)."""
+    rng = np.random.default_rng(seed)
+    data = tmp_path / "data"
+    data.mkdir()
+    test_ids = [f"t{i:03d}" for i in range(n_test)]
+    pd.DataFrame({"id": test_ids, "answer": ["a"] * n_test}).to_csv(data / "sample_submission.csv", index=False)
+    train_ids = np.array([f"r{i:03d}" for i in range(n_train)])
+    labels = rng.permutation(np.arange(n_train) % 4)
+    test_labels = rng.integers(0, 4, size=n_test)
+    runs = tmp_path / "runs"
+    for name, good in (("ab", [0, 1]), ("cd", [2, 3])):
+        for k in range(1, folds + 1):
+            fold = runs / name / f"fold{k}"
+            rows = np.arange(n_train) % folds == (k - 1)
+            p = complementary_probs(rng, labels[rows], good)
+            write_probs(fold / "oof.csv", train_ids[rows], p, answer=[LETTERS[i] for i in labels[rows]],
+                        pred=[LETTERS[i] for i in p.argmax(axis=1)])
+            write_probs(fold / "test_probs.csv", test_ids, complementary_probs(rng, test_labels, good))
+            stamp(fold, "oof.csv", "test_probs.csv")
+    return runs, data, test_ids, test_labels
+
+
+def test_stack_beats_mean_on_complementary_models():
+    rng = np.random.default_rng(10)
+    labels = rng.permutation(np.arange(600) % 4)
+    ab, cd = complementary_probs(rng, labels, [0, 1]), complementary_probs(rng, labels, [2, 3])
+    stacked = ens.nested_stack([ab, cd], labels)
+    mean = ens.blend([ab, cd])
+    # honest (nested) stacker vs the mean, which is not even fitted: still clearly better
+    assert ens.log_loss(stacked, labels) < ens.log_loss(mean, labels) - 0.2
+    assert ens.accuracy(stacked, labels) >= ens.accuracy(mean, labels) - 0.01
+    np.testing.assert_allclose(stacked.sum(axis=1), 1.0, atol=1e-9)
+    # it learnt whom to trust per letter: a's logit leans on ab's log p(a), c's on cd's log p(c)
+    model = ens.fit_stacker(ens.stack_features([ab, cd]), labels)[0]
+    assert model.coef_[0, 0] > model.coef_[0, 4] and model.coef_[2, 6] > model.coef_[2, 2]
+
+
+def test_nested_cv_never_sees_a_rows_own_label():
+    """Labels unrelated to the probabilities: the nested estimate is chance, a fit scored in-sample is not."""
+    rng = np.random.default_rng(11)
+    labels = rng.permutation(np.arange(160) % 4)  # balanced: always guessing one letter scores exactly 0.25
+    noise = [rng.dirichlet(np.ones(4), size=len(labels)) for _ in range(4)]
+    nested = ens.nested_stack(noise, labels)
+    assert ens.accuracy(nested, labels) < 0.33
+    assert ens.log_loss(nested, labels) > np.log(4) - 0.02
+    x = ens.stack_features(noise)
+    in_sample = ens.fit_stacker(x, labels, cs=(100.0,))[0]
+    assert ens.accuracy(ens.stack_predict(in_sample, x), labels) > ens.accuracy(nested, labels) + 0.1
+    # the weights' rival estimate is honest too
+    assert ens.log_loss(ens.nested_weights(noise, labels), labels) > np.log(4) - 0.02
+
+
+def test_main_stack_end_to_end(tmp_path, capsys):
+    runs, data, test_ids, test_labels = make_complementary_runs(tmp_path)
+    result = ensemble_script.main(args(runs, data, method="stack", report=True))
+    out = capsys.readouterr().out
+    sub = pd.read_csv(runs / "submission.csv", dtype=str, keep_default_na=False)
+    template = pd.read_csv(data / "sample_submission.csv", dtype=str, keep_default_na=False)
+    assert list(sub.columns) == list(template.columns) and sub["id"].tolist() == test_ids
+    assert sub["answer"].isin(LETTERS).all()
+    probs = pd.read_csv(runs / "ensemble_probs.csv", dtype={"id": str})
+    p = probs[list(LETTERS)].to_numpy()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+    assert (sub["answer"].to_numpy() == np.array(LETTERS)[p.argmax(axis=1)]).all()
+    assert ens.accuracy(p, test_labels) > 0.8  # the test rows are stacked with the OOF-fitted regression
+    summary = json.loads((runs / "ensemble.json").read_text())
+    assert summary["method"] == "stack" and summary["weights"] is None
+    stack = summary["stack"]
+    nested = stack["nested_cv"]
+    assert nested["rows"] == 320 and nested["outer_folds"] == ens.STACK_FOLDS
+    assert nested["stack"]["log_loss"] < nested["weights"]["log_loss"]
+    assert stack["C"] in ens.STACK_CS and set(stack["cv_log_loss_by_C"]) == {str(c) for c in ens.STACK_CS}
+    assert stack["features"] == [f"{m}:{x}" for m in ("ab", "cd") for x in LETTERS]
+    assert set(stack["coefficients"]) == set(LETTERS) and set(stack["intercepts"]) == set(LETTERS)
+    assert set(stack["coefficients"]["a"]) == set(stack["features"])
+    # the OOF score reported is the nested one, not the stacker scoring its own training rows
+    assert summary["oof_blend"]["log_loss"] == pytest.approx(nested["stack"]["log_loss"])
+    assert "nested CV" in out and "stacker: multinomial logistic regression" in out
+    assert (runs / "ensemble_report" / "report.md").is_file()
+    assert result.submission.equals(sub)
+
+
+def test_auto_chooses_stack_only_when_its_nested_log_loss_is_lower(tmp_path, capsys, monkeypatch):
+    runs, data, _, _ = make_complementary_runs(tmp_path)
+    summary = ensemble_script.main(args(runs, data)).summary
+    out = capsys.readouterr().out
+    nested = summary["stack"]["nested_cv"]
+    assert nested["stack"]["log_loss"] < nested["weights"]["log_loss"]
+    assert summary["method"] == "stack"
+    assert f"method: auto -> stack (nested-CV OOF log-loss: stack {nested['stack']['log_loss']:.4f} < weights" in out
+
+    # ordinary models (one good, one weak, same on every letter): whichever wins is the one chosen
+    other = tmp_path / "other"
+    other.mkdir()
+    runs2, data2, _ = make_runs(other, n_train=200)
+    summary = ensemble_script.main(args(runs2, data2)).summary
+    nested = summary["stack"]["nested_cv"]
+    assert summary["method"] == ("stack" if nested["stack"]["log_loss"] < nested["weights"]["log_loss"] else "weights")
+
+    # a stacker that does worse than the weights under the same folds is not chosen
+    monkeypatch.setattr(ens, "nested_stack", lambda probs, labels: np.full((len(labels), 4), 0.25))
+    summary = ensemble_script.main(args(runs, data)).summary
+    out = capsys.readouterr().out
+    assert summary["method"] == "weights" and summary["weights"]["ab"] > 0
+    assert summary["stack"]["nested_cv"]["stack"]["log_loss"] == pytest.approx(np.log(4))
+    assert "method: auto -> weights (nested-CV OOF log-loss: stack 1.3863 >= weights" in out
+
+
+def test_stack_refused_or_skipped_with_one_line(tmp_path, capsys):
+    # 60 rows: fewer than 20 of some letter
+    runs, data, _ = make_runs(tmp_path, n_train=60)
+    with pytest.raises(SystemExit) as exc:
+        ensemble_script.main(args(runs, data, method="stack"))
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: --method stack: stacking needs >= 20 common OOF rows")
+    assert not (runs / "submission.csv").exists()
+    # auto falls back to the weights and says why, once
+    summary = ensemble_script.main(args(runs, data)).summary
+    out = capsys.readouterr().out
+    assert summary["method"] == "weights" and "refused" in summary["stack"]
+    assert [line for line in out.splitlines() if line.startswith("method:")] == [
+        f"method: auto -> weights ({summary['stack']['refused']})"]
+
+    # a single model: refused by --method stack, plain mean under auto (as before)
+    files = [str(p) for p in sorted(runs.glob("good/fold*/test_probs.csv"))]
+    with pytest.raises(SystemExit) as exc:
+        ensemble_script.main(args(runs, data, files=files, method="stack"))
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "stacking needs >= 2 models" in err[0]
+    assert ensemble_script.main(args(runs, data, files=files)).summary["method"] == "mean"
+    assert "stack" not in json.loads((runs / "ensemble.json").read_text())
+
+
+def test_stack_cli_choice(tmp_path, capsys):
+    runs, data, test_ids, _ = make_complementary_runs(tmp_path, n_train=160)
+    result = ensemble_script.cli(["--output_dir", str(runs), "--data_dir", str(data), "--method", "stack",
+                                  "--no_temperature"])
+    assert result.summary["method"] == "stack" and result.summary["temperature_scaling"] is False
+    assert pd.read_csv(runs / "submission.csv", dtype=str)["id"].tolist() == test_ids
