@@ -9,7 +9,8 @@ For each fold folder (fold<K> or full with train_config.json, at any depth under
 it writes fold{K}/test_probs.csv (id,a,b,c,d; rows sum to 1). With --tta it also re-scores the fold's
 out-of-fold rows under the same views (oof_tta.csv) so the ensemble calibrates what it blends;
 --keep_views keeps one file per view in fold{K}/views/. Each file's provenance (the weights and data file
-it came from) goes into fold{K}/artefacts.json, which ensemble.py checks.
+it came from) goes into fold{K}/artefacts.json, which ensemble.py checks. The console goes into
+OUTPUT_DIR/predict.log (one file for every fold scored; mcvqa.logfile).
 No generate(): the model reads the a/b/c/d logits after the generation prompt (mcvqa.scoring).
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from mcvqa.cli import parse_args
 from mcvqa.errors import UserError, argument_errors, collect, report_user_errors
+from mcvqa.logfile import captured, keep
 
 
 @dataclass
@@ -80,6 +82,7 @@ def load_fold(fold_dir, precision, liger="auto", compile_layers=False):
 
 
 @report_user_errors
+@captured("predict.py")  # the console into OUTPUT_DIR/predict.log (mcvqa.logfile)
 def main(argv=None):
     import pandas as pd
     import torch
@@ -157,6 +160,7 @@ def main(argv=None):
                     written.append((f"views/{name}.{view_name}.csv", frame(p), [view_name]))
             probs = average(list(per_view.values()), args.tta_space)
             written.append((f"{name}.csv", frame(probs), list(views)))
+            keep(Path(args.output_dir) / "predict.log")  # at the first file written: a refusal writes no log
             for rel, table, view_names in written:
                 save_artefact(fold_dir, rel, table, data_files[kind], view_names, record.weights)
             if kind == "oof":

@@ -9,8 +9,9 @@
 Writes OUTPUT_DIR/fold{K}/ (OUTPUT_DIR defaults to runs/<model short name>; the layout is mcvqa.runs'):
 the adapter (peft format) or full model, train_config.json (the run record, with the weights' fingerprint),
 metrics.json, oof.csv (id,a,b,c,d,answer,pred,question_type for the fold's rows), artefacts.json (what
-oof.csv was made from), trainer_state.json and checkpoints/. Folds count from 1 and are assigned once, in
-OUTPUT_DIR/folds.csv. Every transformers TrainingArguments flag passes through (--learning_rate, ...).
+oof.csv was made from), trainer_state.json, train.log (the console, timestamped: mcvqa.logfile) and
+checkpoints/. Folds count from 1 and are assigned once, in OUTPUT_DIR/folds.csv. Every transformers
+TrainingArguments flag passes through (--learning_rate, ...).
 """
 
 import dataclasses
@@ -25,6 +26,7 @@ import transformers
 
 from mcvqa.args import parse_train_args
 from mcvqa.errors import UserError, argument_errors, collect, report_user_errors
+from mcvqa.logfile import captured, keep
 from mcvqa.modeling import short_name
 from mcvqa.prompts import parse_templates, template_problem
 
@@ -202,6 +204,7 @@ def _trainer_key_report(record):
 
 
 @report_user_errors
+@captured("train_lora.py")  # the console into fold{K}/train.log (mcvqa.logfile)
 def main(argv=None):
     import pandas as pd
     from accelerate import PartialState
@@ -273,6 +276,9 @@ def main(argv=None):
     eval_df = val_df
     if data_args.max_eval_samples and len(val_df) > data_args.max_eval_samples:
         eval_df = val_df.sample(n=data_args.max_eval_samples, random_state=args.seed)
+
+    # Input accepted: train.log opens here, with the lines held since the start (a refusal writes no log).
+    keep(fold_dir / "train.log", resumed=run_args.resume)
 
     # ---- Model -----------------------------------------------------------------------------------
     # Seeded before the model is built: LoRA's initial weights come from the global RNG.

@@ -17,13 +17,17 @@ def report_user_errors(main):
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            first, *rest = str(err).splitlines() or [type(err).__name__]
-            # One `error:` line; any further lines indented under it.
-            rest = [line if line.startswith(" ") else f"  {line}" for line in rest if line.strip()]
-            print("\n".join([f"error: {first}", *rest]), file=sys.stderr, flush=True)
+            print(error_text(err), file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper
+
+
+def error_text(err):
+    """A UserError as the user sees it: one `error:` line, any further lines indented under it."""
+    first, *rest = str(err).splitlines() or [type(err).__name__]
+    rest = [line if line.startswith(" ") else f"  {line}" for line in rest if line.strip()]
+    return "\n".join([f"error: {first}", *rest])
 
 
 def collect(problems, header=None):
