@@ -14,6 +14,9 @@ Examples:
     # after train_lora.py + predict.py with their defaults: just run it
     python ensemble.py
 
+    # a logistic-regression stacker over the models' OOF log-probabilities (scored by nested CV)
+    python ensemble.py --method stack
+
     # plain mean of the models, no temperature scaling, plots in runs/ensemble_report/
     python ensemble.py --method mean --no_temperature --report
 
@@ -33,6 +36,7 @@ from typing import List, Optional
 
 from mcvqa.errors import UserError, argument_errors, report_user_errors
 from mcvqa.io import write_csv, write_json
+from mcvqa.logfile import captured, keep
 
 
 @dataclass
@@ -48,9 +52,11 @@ class EnsembleArguments:
     )
     method: str = field(
         default="auto",
-        metadata={"help": "auto (weights when >= 2 models all have OOF, else mean), mean, weights "
-                          "(log-loss-optimal on OOF) or vote (majority of argmaxes, ties by mean probability).",
-                  "choices": ["auto", "mean", "weights", "vote"]},
+        metadata={"help": "auto (with >= 2 models all with OOF: stack where its nested-CV OOF log-loss beats "
+                          "the weights', else weights; otherwise mean), mean, weights (log-loss-optimal on OOF), "
+                          "vote (majority of argmaxes, ties by mean probability) or stack (a multinomial logistic "
+                          "regression over the models' OOF log-probabilities, scored by nested CV).",
+                  "choices": ["auto", "mean", "weights", "vote", "stack"]},
     )
     temperature: bool = field(
         default=True,
@@ -72,6 +78,7 @@ class EnsembleArguments:
 
 
 @report_user_errors
+@captured("ensemble.py")  # the console into ensemble.log beside the submission (mcvqa.logfile)
 def main(args: EnsembleArguments):
     from mcvqa import ensemble as ens
 
@@ -83,6 +90,7 @@ def main(args: EnsembleArguments):
 
     sub_path = Path(args.submission) if args.submission else Path(args.output_dir) / "submission.csv"
     out_dir = sub_path.parent
+    keep(out_dir / "ensemble.log")  # at the first file written: a refusal writes no log
     try:
         write_csv(out_dir / "ensemble_probs.csv", result.probs)
         write_json(out_dir / "ensemble.json", result.summary)
