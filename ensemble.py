@@ -3,11 +3,11 @@
 
 Reads the test_probs.csv of every fold folder under OUTPUT_DIR (written by predict.py; any depth, see
 mcvqa.runs), refuses any that no longer match its fold's weights or the data folder (artefacts.json),
-averages each model's folds,
-fits a temperature per model on its out-of-fold probabilities (oof_tta.csv when present, else oof.csv),
-fits non-negative blend weights summing to 1 on the OOF rows common to all models, and writes
-OUTPUT_DIR/submission.csv (one letter per id of DATA_DIR/sample_submission.csv, same order and columns),
-ensemble_probs.csv (id,a,b,c,d) and ensemble.json (weights, temperatures, OOF scores) beside it.
+averages each model's folds, fits a temperature per model on its out-of-fold probabilities (oof_tta.csv
+when present, else oof.csv), fits non-negative blend weights summing to 1 (or, with --method stack, a
+logistic-regression stacker) on the OOF rows common to all models, and writes OUTPUT_DIR/submission.csv
+(one letter per id of DATA_DIR/sample_submission.csv, same order and columns), ensemble_probs.csv
+(id,a,b,c,d), ensemble.json (weights, temperatures, OOF scores) and ensemble.log beside it.
 
 Examples:
 
