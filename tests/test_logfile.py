@@ -147,8 +147,18 @@ def test_only_rank_0_writes(tmp_path, monkeypatch, capsys):
 
 
 def test_trainer_info_records_go_to_the_log_only(tmp_path, capsys):
-    import transformers  # noqa: F401  (its logging set up, as in the scripts)
+    import transformers  # (its logging set up, as in the scripts)
 
+    # The library's default verbosity (warning), whatever an earlier test (the benchmark's main) set.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    try:
+        _trainer_info_records_go_to_the_log_only(tmp_path, capsys)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def _trainer_info_records_go_to_the_log_only(tmp_path, capsys):
     log = tmp_path / "train.log"
 
     @captured("toy.py")
