@@ -863,13 +863,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    import transformers
-
     from mcvqa.modeling import load_processor
     from tools.make_tiny_model import make_tiny_model
 
     a = parse_args(argv)
-    transformers.logging.set_verbosity_error()
     device = torch.device(a.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak, device_name = peak_flops(device)
@@ -1007,4 +1004,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # Quiet for the command line only: main() called in-process (tests) leaves transformers' logging as it was.
+    import transformers
+
+    transformers.logging.set_verbosity_error()
     main()

@@ -89,3 +89,12 @@ def stamp(fold, *names):
     for name in names:
         record_artefact(fold, name, weights="weights:test")
     return fold
+
+
+def snapshot(root):
+    """{relative path: (size, mtime_ns)} of every file under root; None when root does not exist."""
+    root = Path(root)
+    if not root.exists():
+        return None
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}

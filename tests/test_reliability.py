@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import snapshot
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -32,15 +34,6 @@ SMALL = ["--n_folds", "2", "--num_train_epochs", "1", "--per_device_train_batch_
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def snapshot(root):
-    """{relative path: (size, mtime_ns)} of every file under root; None when root does not exist."""
-    root = Path(root)
-    if not root.exists():
-        return None
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def train_args(model, data, out, *extra, fold="1"):

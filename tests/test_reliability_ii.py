@@ -21,20 +21,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import SMALL_TRAINING, train_fold
+from conftest import SMALL_TRAINING, snapshot, train_fold
 
 REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def snapshot(root):
-    """{relative path: (size, mtime_ns)} of every file under root; None when root does not exist."""
-    root = Path(root)
-    if not root.exists():
-        return None
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def one_error_line(fn, argv, capsys):
