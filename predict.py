@@ -14,10 +14,12 @@ OUTPUT_DIR/predict.log (one file for every fold scored; mcvqa.logfile).
 No generate(): the model reads the a/b/c/d logits after the generation prompt (mcvqa.scoring).
 """
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mcvqa.args import device_map_field, max_memory_field
 from mcvqa.cli import parse_args
 from mcvqa.errors import UserError, argument_errors, collect, report_user_errors
 from mcvqa.logfile import captured, keep
@@ -51,6 +53,8 @@ class PredictArguments:
     compile_layers: bool = field(default=False, metadata={
         "help": "Regional torch.compile of each decoder layer for scoring (CUDA; every image scale and batch width "
                 "compiles once, so it pays off on large test sets)."})
+    device_map: str = device_map_field()
+    max_memory: str = max_memory_field()
     merge_and_save: str = field(default=None, metadata={
         "help": "Merge the (single) selected fold's LoRA adapter into its base model and save it here, then exit."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
@@ -71,13 +75,14 @@ def find_folds(output_dir, only=None):
     return found
 
 
-def load_fold(fold_dir, precision, liger="auto", compile_layers=False):
+def load_fold(fold_dir, precision, liger="auto", compile_layers=False, device_map=None, max_memory=None):
     """(run record, processor, model, collator) of a trained fold, set up exactly as in training."""
     from mcvqa.runs import RunRecord, build, check_weights
 
     record = RunRecord.load(fold_dir)
     check_weights(fold_dir, record)
-    built = build(record, fold_dir, precision=precision, liger=liger, compile_layers=compile_layers)
+    built = build(record, fold_dir, precision=precision, liger=liger, compile_layers=compile_layers,
+                  device_map=device_map, max_memory=max_memory)
     return record, built
 
 
@@ -108,6 +113,9 @@ def main(argv=None):
         scales = (1.0,)
     if args.batch_size < 1:
         problems.append(f"--batch_size {args.batch_size}: must be at least 1")
+    from mcvqa.modeling import placement_problems
+
+    problems += placement_problems(args.device_map, args.max_memory, int(os.environ.get("WORLD_SIZE", "1")))
     collect(problems, "invalid arguments:")
     folds = find_folds(args.output_dir, args.folds)
     if args.merge_and_save:
@@ -123,8 +131,15 @@ def main(argv=None):
 
     for fold_dir in folds:
         # ---- Model -----------------------------------------------------------------------------------
-        record, built = load_fold(fold_dir, args.precision, args.liger, args.compile_layers)
-        model = built.model.to(state.device)
+        record, built = load_fold(fold_dir, args.precision, args.liger, args.compile_layers, args.device_map,
+                                  args.max_memory)
+        if args.device_map:
+            # Placed layer by layer over the devices: the batches go where the embeddings are, accelerate's hooks
+            # carry the activations on from device to device.
+            model, device = built.model, built.model.get_input_embeddings().weight.device
+            print(f"{fold_dir}: placed {placement_summary(model)}", file=sys.stderr, flush=True)
+        else:
+            model, device = built.model.to(state.device), state.device
         jobs = [("test", test_df)]
         oof_ids = held_out_ids(fold_dir, record, args.data_dir) if score_oof else None
         if oof_ids is not None:
@@ -135,7 +150,7 @@ def main(argv=None):
             shard = list(range(state.process_index, len(rows), state.num_processes))
             try:
                 per_view = predict_probs(model, built.collator, [rows[i] for i in shard], built.letter_ids, views,
-                                         batch_size=args.batch_size, device=state.device, dtype=autocast,
+                                         batch_size=args.batch_size, device=device, dtype=autocast,
                                          progress=args.progress and state.is_main_process,
                                          desc=f"{fold_dir.name} {kind}", share_prefix=args.share_prefix)
             except torch.cuda.OutOfMemoryError:
@@ -171,6 +186,17 @@ def main(argv=None):
         del model, built
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def placement_summary(model):
+    """`cuda:0 (14 modules), cuda:1 (17 modules)`: where --device_map put the model."""
+    from mcvqa.modeling import placement
+
+    where = placement(model)
+    if not where:  # transformers records a map only when it spreads the model over several devices
+        return f"the whole model on {next(model.parameters()).device}"
+    return ", ".join(f"{f'cuda:{d}' if isinstance(d, int) else d} ({n} module{'s' * (n != 1)})"
+                     for d, n in sorted(where.items(), key=lambda x: str(x[0])))
 
 
 def held_out_ids(fold_dir, record, data_dir):

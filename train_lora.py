@@ -96,6 +96,10 @@ def check_args(model_args, data_args, run_args, args, given=()):
                         "single-process runs that overwrite each other; use accelerate_configs/cpu.yaml")
     if model_args.precision in ("bf16", "fp16") and not torch.cuda.is_available():
         problems.append(f"--precision {model_args.precision} needs a CUDA GPU; use auto or fp32 on CPU")
+    from mcvqa.modeling import placement_problems
+
+    problems += placement_problems(model_args.device_map, model_args.max_memory,
+                                   int(os.environ.get("WORLD_SIZE", "1")), training=True)
     collect([p for p in problems if p], "invalid arguments:")
 
 
@@ -293,7 +297,8 @@ def main(argv=None):
     reload_best = args.load_best_model_at_end and data_args.fold != -1
     args = configure_training_args(args, fold_dir, precision, has_eval=data_args.fold != -1,
                                    full_finetune=model_args.full_finetune, given=given,
-                                   run_name=run_name(model_args.model_name_or_path, fold_dir.name, argv))
+                                   run_name=run_name(model_args.model_name_or_path, fold_dir.name, argv),
+                                   device_map=model_args.device_map)
     record.training, record.precision = args.to_dict(), precision
     record.liger_applied = bool(getattr(model, "mcvqa_liger", False))
     callbacks = [FoldProgress(), CheckpointRecord(record)]
@@ -433,10 +438,12 @@ def run_name(model_name_or_path, fold_name, argv=None):
     return "-".join(x for x in (short_name(model_name_or_path), fold_name, preset) if x)
 
 
-def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_finetune=False, given=()):
+def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_finetune=False, given=(),
+                            device_map=None):
     """Point the Trainer at the fold folder and apply the resolved precision and evaluation plan.
 
     `given`: the flag names the user set (command line or --config); an explicit --report_to is kept as given.
+    `device_map`: the model is spread over the GPUs (--device_map), which the Trainer then leaves where they are.
     """
     import importlib.util
 
@@ -458,7 +465,9 @@ def configure_training_args(args, fold_dir, precision, has_eval, run_name, full_
     if args.use_cpu or not torch.cuda.is_available():
         updates["dataloader_pin_memory"] = False
     args = dataclasses.replace(args, **updates)
-    if args.n_gpu > 1:
+    if args.n_gpu > 1 and device_map:
+        args._n_gpu = 1  # the GPUs hold one model between them, not one replica each
+    elif args.n_gpu > 1:
         # One process that sees several GPUs makes the Trainer wrap the model in nn.DataParallel, whose
         # replicas break Qwen-VL (StopIteration on visual.dtype). Data parallel goes through accelerate.
         print(f"{args.n_gpu} GPUs visible to one process: training on one. For data parallel use "

@@ -9,6 +9,23 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 LIGER_CHOICES = ("auto", "true", "false")
+DEVICE_MAP_CHOICES = ("auto", "balanced", "balanced_low_0", "sequential")  # transformers' placement strategies
+
+
+# One model over several GPUs in one process: train_lora.py's ModelArguments and predict.py's own flags.
+def device_map_field():
+    return field(default=None, metadata={
+        "help": "Model parallelism in one process, for a model larger than one GPU: auto spreads its layers over the "
+                "visible GPUs (each layer whole on one GPU, evenly; then the CPU), capped by --max_memory. One "
+                "process only (python, not accelerate launch with several); training refuses layers left on the CPU. "
+                "Default: the whole model on each process's GPU.", "choices": list(DEVICE_MAP_CHOICES)})
+
+
+def max_memory_field():
+    return field(default=None, metadata={
+        "help": "With --device_map: the most each device may hold, e.g. '0=14GiB,1=14GiB,cpu=30GiB' (a GPU index or "
+                "cpu = a size in B/KB/MB/GB or KiB/MiB/GiB); leave room for activations (README: A model larger "
+                "than one GPU)."})
 
 
 @dataclass
@@ -39,6 +56,8 @@ class ModelArguments:
     max_pixels: int = field(default=448 * 448, metadata={
         "help": "Pixel budget per image (the main memory knob); the same in training and prediction."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model folder to run."})
+    device_map: str = device_map_field()
+    max_memory: str = max_memory_field()
 
 
 @dataclass

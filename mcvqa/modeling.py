@@ -2,6 +2,7 @@
 
 import contextlib
 import importlib.util
+import re
 import warnings
 
 from mcvqa.errors import UserError
@@ -24,10 +25,10 @@ def load_processor(name_or_path, min_pixels=None, max_pixels=None, trust_remote_
 
         config = AutoConfig.from_pretrained(name_or_path, **kwargs)
         cls_name = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor",
-                    "qwen3_vl": "Qwen3VLProcessor"}.get(config.model_type)
+                    "qwen3_vl": "Qwen3VLProcessor", "qwen3_vl_moe": "Qwen3VLProcessor"}.get(config.model_type)
         if cls_name is None:
             raise UserError(f"{name_or_path}: model type '{config.model_type}' is not a Qwen-VL model "
-                            "(expected qwen2_vl, qwen2_5_vl or qwen3_vl)")
+                            f"(expected one of {', '.join(QWEN_VL_TYPES)})")
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(name_or_path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         processor = _without_video(getattr(transformers, cls_name))(
@@ -65,7 +66,8 @@ def _without_video(processor_cls):
     return ImageOnlyProcessor
 
 
-QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# qwen3_vl_moe: Qwen3-VL-30B-A3B / 235B-A22B, Qwen3-VL's vision tower and processor over a mixture-of-experts LM.
+QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 
 def short_name(name_or_path):
@@ -189,14 +191,93 @@ def peft_quietly():
         yield
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(TiB|GiB|MiB|KiB|TB|GB|MB|KB|B)?\s*$", re.IGNORECASE)
+_UNITS = {"tib": 2 ** 40, "gib": 2 ** 30, "mib": 2 ** 20, "kib": 2 ** 10, "tb": 10 ** 12, "gb": 10 ** 9,
+          "mb": 10 ** 6, "kb": 10 ** 3, "b": 1}
+
+
+def parse_max_memory(spec, gpus=None):
+    """`--max_memory '0=14GiB,1=14GiB,cpu=30GiB'` -> ({0: bytes, 1: bytes, "cpu": bytes}, problems).
+
+    A key is a GPU index (of the GPUs this process sees; `gpus`: how many, default torch's count) or cpu; a size
+    is a number with B, KB, MB, GB, TB or KiB, MiB, GiB, TiB. Disk offload is not offered: a model that only fits
+    with part of it on disk is too slow to score a test set.
+    """
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    out, problems = {}, []
+    where = f"--max_memory {spec!r}"
+    items = [x.strip() for x in str(spec).split(",") if x.strip()]
+    if not items:
+        return {}, [f"{where}: expected device=size pairs such as 0=14GiB,1=14GiB,cpu=30GiB"]
+    for item in items:
+        key, eq, size = (x.strip() for x in item.partition("="))
+        m = _SIZE.match(size)
+        if not eq or not m:
+            problems.append(f"{where}: {item!r} is not device=size, e.g. 0=14GiB or cpu=30GiB")
+            continue
+        if key.lower() == "cpu":
+            device = "cpu"
+        elif key.isdigit():
+            device = int(key)
+            if device >= gpus:
+                seen = f"GPUs 0-{gpus - 1}" if gpus > 1 else "GPU 0" if gpus == 1 else "no GPU"
+                problems.append(f"{where}: GPU {device} is not visible to this process (it sees {seen})")
+                continue
+        else:
+            problems.append(f"{where}: {key!r} is not a device: a GPU index (0, 1, ...) or cpu")
+            continue
+        if device in out:
+            problems.append(f"{where}: {key} is given twice")
+            continue
+        out[device] = int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
+        if out[device] <= 0:
+            problems.append(f"{where}: {item!r}: the size must be positive")
+    return out, problems
+
+
+def placement_problems(device_map, max_memory, processes=1, training=False):
+    """What is wrong with `--device_map` / `--max_memory` (a list of lines, empty when nothing is).
+
+    `processes`: how many processes `accelerate launch` started; a model spread over the GPUs by one process
+    cannot also be copied to each GPU by several (DDP, FSDP, prediction shards).
+    """
+    problems = []
+    if max_memory and not device_map:
+        problems.append(f"--max_memory {max_memory!r} caps what --device_map places on each device: add "
+                        "--device_map auto")
+    if max_memory:
+        problems += parse_max_memory(max_memory)[1]
+    if device_map and processes > 1:
+        what = "train" if training else "score"
+        problems.append(f"--device_map {device_map} spreads one model over the GPUs from one process, but accelerate "
+                        f"started {processes}: {what} with one process (python {'train_lora' if training else 'predict'}"
+                        ".py ...), or drop --device_map to put a whole copy on each GPU")
+    return problems
+
+
+def placement(model):
+    """{device: number of placed modules} of a model loaded with a device map ({} when it was not)."""
+    counts = {}
+    for device in (getattr(model, "hf_device_map", None) or {}).values():
+        counts[device] = counts.get(device, 0) + 1
+    return counts
+
+
 def load_model(name_or_path, precision="auto", quantization="none", attn_implementation="auto",
                full_finetune=False, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_vision=False,
                gradient_checkpointing=True, adapter_path=None, trust_remote_code=False, device_index=None,
-               batched_vision_attention=True, liger="auto"):
+               batched_vision_attention=True, liger="auto", device_map=None, max_memory=None, training=False):
     """AutoModelForImageTextToText (+ bitsandbytes quantisation) (+ LoRA or a saved adapter).
 
     liger: auto|true|false, Liger's fused kernels (mcvqa.kernels.apply_liger), applied before the model is
     built; whether they were is recorded as `model.mcvqa_liger`.
+    device_map (auto, balanced, balanced_low_0, sequential) with max_memory ('0=14GiB,1=14GiB,cpu=30GiB'):
+    one model spread over several GPUs (then the CPU) in one process, each layer whole on one device
+    (transformers' big-model placement; `training`: refused where a layer would leave the GPUs).
     """
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -220,7 +301,29 @@ def load_model(name_or_path, precision="auto", quantization="none", attn_impleme
         )
         # Under DDP every rank holds its own copy on its own GPU; "auto" would collapse DDP to one process.
         kwargs["device_map"] = {"": device_index or 0}
-    model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    if device_map:
+        kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = parse_max_memory(max_memory)[0]
+            if quantization != "none" and "cpu" in kwargs["max_memory"]:
+                # bitsandbytes keeps layers placed on the CPU unquantised (fp32) instead of refusing them.
+                kwargs["quantization_config"].llm_int8_enable_fp32_cpu_offload = True
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    except ValueError as err:
+        if device_map and ("offload" in str(err) or "disk" in str(err)):
+            raise UserError(f"--device_map {device_map} --max_memory {max_memory}: the model does not fit the memory "
+                            "given (part of it would go to disk): raise the sizes, add cpu=..., or use --quantization "
+                            "4bit") from None
+        raise
+    where = placement(model)
+    if device_map and "disk" in where:
+        raise UserError(f"--device_map {device_map} --max_memory {max_memory}: the model does not fit the memory given "
+                        "(part of it would go to disk): raise the sizes, add cpu=..., or use --quantization 4bit")
+    if device_map and training and torch.cuda.is_available() and "cpu" in where:
+        raise UserError(f"--device_map {device_map} --max_memory {max_memory}: {where['cpu']} part(s) of the model "
+                        "would sit on the CPU, where training cannot update them: give the GPUs more memory "
+                        "(--max_memory), use --quantization 4bit, or more GPUs")
     model.mcvqa_liger = liger_applied
     if batched_vision_attention:
         from mcvqa.fast_vision import patch_vision_attention

