@@ -3,7 +3,8 @@
 On a CPU host the only device --max_memory can name is the CPU, so what is proven here is what does not
 depend on GPUs: the flags reach transformers' placement (hf_device_map), a placed model scores exactly as an
 unplaced one (Qwen2.5-VL and the Qwen3-VL mixture-of-experts family), LoRA trains a placed MoE model, and
-every bad value is one `error:` line with exit 2 before anything is written. The split over two GPUs (a
+every bad value is one `error:` line with exit 2 before anything is written. Also here: the FSDP config,
+read as `accelerate launch` reads it, wraps the blocks of every family, the MoE's included. The split over two GPUs (a
 model on both, the same probabilities as on one) is bench/distributed.sh's device_map_ok on the GPU machine.
 """
 
@@ -125,3 +126,34 @@ def test_several_processes_are_refused_before_loading(tiny_moe, easy_vqa_dir, tm
     err = capfd.readouterr().err
     assert exit_.value.code == 2 and "accelerate started 2" in err and "python train_lora.py" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_fsdp_config_wraps_every_family(tiny_models, tiny_moe, monkeypatch):
+    """accelerate_configs/fsdp_full_finetune.yaml, read as `accelerate launch` reads it, wraps each decoder layer and
+    vision block of every family (a fixed class list would refuse the families it does not name)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from transformers import AutoModelForImageTextToText
+
+    from conftest import REPO
+
+    args = launch_command_parser().parse_args(["--config_file", str(REPO / "accelerate_configs/fsdp_full_finetune.yaml"),
+                                               "--num_processes", "2", "train_lora.py"])
+    env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
+    assert env["FSDP_VERSION"] == "2" and env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
+    for key, value in env.items():
+        if key.startswith(("FSDP_", "ACCELERATE_USE_FSDP")):
+            monkeypatch.setenv(key, value)
+    blocks = {"qwen2_vl": ("Qwen2VLDecoderLayer", "Qwen2VLVisionBlock"),
+              "qwen2_5_vl": ("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"),
+              "qwen3_vl": ("Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"),
+              "qwen3_vl_moe": ("Qwen3VLMoeTextDecoderLayer", "Qwen3VLMoeVisionBlock")}
+    for arch, path in {**tiny_models, "qwen3_vl_moe": tiny_moe}.items():
+        model = AutoModelForImageTextToText.from_pretrained(path)
+        policy = fsdp2_prepare_auto_wrap_policy(FullyShardedDataParallelPlugin(), model)
+        wrapped = sorted({type(m).__name__ for m in model.modules() if policy(m)})
+        assert wrapped == sorted(blocks[arch]), arch
+        assert sum(policy(m) for m in model.modules()) == (model.config.text_config.num_hidden_layers
+                                                            + model.config.vision_config.depth)
