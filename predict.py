@@ -96,7 +96,7 @@ def main(argv=None):
     from mcvqa import LETTERS
     from mcvqa.data import load_split
     from mcvqa.metrics import accuracy, indices_to_letters, letters_to_indices
-    from mcvqa.modeling import resolve_precision
+    from mcvqa.modeling import placement_summary, resolve_precision
     from mcvqa.scoring import predict_probs
     from mcvqa.tta import average, named_views
 
@@ -186,17 +186,6 @@ def main(argv=None):
         del model, built
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def placement_summary(model):
-    """`cuda:0 (14 modules), cuda:1 (17 modules)`: where --device_map put the model."""
-    from mcvqa.modeling import placement
-
-    where = placement(model)
-    if not where:  # transformers records a map only when it spreads the model over several devices
-        return f"the whole model on {next(model.parameters()).device}"
-    return ", ".join(f"{f'cuda:{d}' if isinstance(d, int) else d} ({n} module{'s' * (n != 1)})"
-                     for d, n in sorted(where.items(), key=lambda x: str(x[0])))
 
 
 def held_out_ids(fold_dir, record, data_dir):

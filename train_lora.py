@@ -290,6 +290,10 @@ def main(argv=None):
     built = build(record, train=True, gradient_checkpointing=args.gradient_checkpointing,
                   device_index=state.local_process_index)
     model, precision = built.model, built.precision
+    if model_args.device_map:
+        from mcvqa.modeling import placement_summary
+
+        print(f"--device_map {model_args.device_map}: placed {placement_summary(model)}", file=sys.stderr, flush=True)
     built.train_collator.prepare(fit_df.to_dict("records"))
     built.collator.prepare(val_df.to_dict("records"))
 
