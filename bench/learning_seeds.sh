@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The learning proof II (issue 17), one command on one GPU:   bash bench/learning_seeds.sh [SEEDS...]   (default 1 2 3)
+# For every seed, from random weights, two stages that share one clock of PRE + LORA minutes:
+#   1. bench/pretrain_tiny.py: a tiny Qwen2.5-VL learns to answer easy-VQA questions with a word (open-ended; it
+#      never sees options or letters): the stand-in for a user's pretrained VLM;
+#   2. train_lora.py with its own defaults (LoRA r16 on the language model, vision tower frozen, full-vocabulary
+#      loss with label smoothing 0.1; bench/learning_lora.yaml sets only the rate, batch and clock) teaches that base
+#      the multiple-choice format on all 38,575 train questions (--fold -1).
+# Before stage 2, tools/zero_shot.py scores the base as it is (restricted a-d letters): what the format alone gives.
+# Every seed has a blank-image twin (both stages with grey images: what the question text alone allows). All runs
+# share the GPU. predict.py scores the 2,000 held-out easy-VQA test questions, and bench/learning_seeds_report.py
+# writes $OUT/learning.json (every seed, mean, minimum) and $OUT/learning_lora.json (the LoRA stage's view).
+# CPU smoke of the whole chain: DEVICE=cpu PYTHON=.venv/bin/python N_TRAIN=200 N_TEST=40 PRE=0.3 LORA=0.3 bash ...
+set -u
+DEVICE=${DEVICE:-cuda}
+if [ "$DEVICE" = cuda ]; then source bench/gpu_env.sh; else export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false; fi
+PY=${PYTHON:-python3}
+OUT=${OUT:-/tmp/out}
+SEEDS=${*:-1 2 3}
+PRE=${PRE:-5}        # minutes of open-ended pretraining
+LORA=${LORA:-10}     # minutes of LoRA fine-tuning (issue 17: within 10)
+WORKERS=${WORKERS:-3}
+W=${WORK:-/tmp/learn}
+export OMP_NUM_THREADS=1
+mkdir -p $W/bases $W/runs $W/zs "$OUT"
+$PY data/prepare_easy_vqa.py --out $W/evqa --n_train ${N_TRAIN:-0} --n_test ${N_TEST:-2000} >/dev/null || exit 1
+one() {  # name seed [--blank_images]
+  name=$1 seed=$2; shift 2
+  $PY bench/pretrain_tiny.py --data_dir $W/evqa --out $W/bases/$name --device $DEVICE --minutes $PRE \
+      --batch_size 256 --learning_rate 2e-3 --workers $WORKERS --seed $seed "$@" > $OUT/pretrain_$name.log 2>&1 || return
+  $PY tools/zero_shot.py --config bench/learning_lora.yaml --model_name_or_path $W/bases/$name \
+      --data_dir $W/evqa ${1:+--blank_images} > $OUT/zero_shot_$name.log 2>&1
+  $PY train_lora.py --config bench/learning_lora.yaml --model_name_or_path $W/bases/$name --data_dir $W/evqa \
+      --fold -1 --time_budget_minutes $LORA --seed $seed --dataloader_num_workers $WORKERS \
+      --output_dir $W/runs/$name ${1:+--blank_images} $([ $DEVICE = cpu ] && echo --use_cpu true) > $OUT/train_$name.log 2>&1 || return
+  $PY predict.py --data_dir $W/evqa --output_dir $W/runs/$name --score_oof false --batch_size 256 \
+      --progress false > $OUT/predict_$name.log 2>&1
+}
+start=$(date +%s)
+for s in $SEEDS; do
+  one seed$s $s &
+  [ "${BLANK:-1}" = 1 ] && one blank$s $s --blank_images &
+done
+wait
+echo "wall time: $(( $(date +%s) - start )) s"
+$PY bench/learning_seeds_report.py --work $W --seeds $SEEDS --pre $PRE --lora $LORA \
+    --command "PRE=$PRE LORA=$LORA WORKERS=$WORKERS bash bench/learning_seeds.sh $SEEDS" --out "$OUT"
+for f in $OUT/train_*.log $OUT/pretrain_*.log; do echo "== $f"; grep -E "^full|rror|open-ended" $f | tail -2; done

@@ -1,0 +1,217 @@
+"""Pretrain a tiny Qwen2.5-VL into a base model that answers easy-VQA questions with a word, never a letter.
+
+    python data/prepare_easy_vqa.py --out data/easy_vqa_full --n_train 0 --n_test 1000 --seed 0
+    python bench/pretrain_tiny.py --data_dir data/easy_vqa_full --out models/tiny_easyvqa_base --minutes 12
+    python bench/pretrain_tiny.py --data_dir /tmp/evqa --out /tmp/base --device cuda --minutes 4 --batch_size 256
+
+The stand-in for a user's pretrained VLM (issue 17): it can look at an image and answer "red", "circle" or
+"yes", but it has never seen the multiple-choice format (options, letters) that train_lora.py teaches. The
+user turn is the image and the question alone; the one supervised token is the answer word (every easy-VQA
+answer is one token of the tiny models' tokenizer), under full-vocabulary cross-entropy. Rows come from
+DATA_DIR/train.csv only (easy-VQA's train split, which prepare_easy_vqa.py keeps apart from its test split);
+colour and shape questions (~13 % each) are sampled as often as yes/no ones, since each is a different
+circuit of the image.
+
+The rows are rendered by the project's own collator (collator.MCVQACollator with the template "{question}"
+and the answer word in place of a letter), so images are read and resized exactly as in fine-tuning and
+prediction. The folder written is a normal model folder (from_pretrained) plus pretraining.json: the command,
+seed, data, settings and the base's open-ended accuracy on DATA_DIR/test.csv's questions.
+"""
+
+import argparse
+import json
+import math
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from collator import MCVQACollator, rope_positions  # noqa: E402
+from mcvqa.data import load_split  # noqa: E402
+from mcvqa.modeling import load_processor  # noqa: E402
+from mcvqa.scoring import answer_logits  # noqa: E402
+from tools.make_tiny_model import make_tiny_model  # noqa: E402
+
+OPEN_TEMPLATE = "{question}"
+
+
+def with_heads(folder, heads, seed):
+    """Rebuild the tiny model's random weights with `heads` query and key/value heads (M-RoPE sections to match)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    text = config.text_config
+    if text.hidden_size % heads:
+        raise SystemExit(f"error: --heads {heads} does not divide the width {text.hidden_size}")
+    half = text.hidden_size // heads // 2
+    text.num_attention_heads = text.num_key_value_heads = heads
+    text.rope_parameters["mrope_section"] = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config = GenerationConfig.from_pretrained(folder)  # make_tiny_model's pad/eos ids
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def open_ended(df, answers=None):
+    """Rows for the collator with the answer word (the text of the right option) as the answer."""
+    rows = df.to_dict("records")
+    for row in rows:
+        letter = row["answer"] if answers is None else answers[row["id"]]
+        row["answer"] = row[letter]
+    return rows
+
+
+class BalancedSampler(torch.utils.data.Sampler):
+    """Endless row indices in which every question type is drawn equally often (the loop stops on the clock)."""
+
+    def __init__(self, rows, seed):
+        self.by_type = {}
+        for i, row in enumerate(rows):
+            self.by_type.setdefault(row["question_type"], []).append(i)
+        self.rng = random.Random(seed)
+
+    def __iter__(self):
+        per_type = max(len(v) for v in self.by_type.values())
+        while True:
+            order = [idx[self.rng.randrange(len(idx))] for idx in self.by_type.values() for _ in range(per_type)]
+            self.rng.shuffle(order)
+            yield from order
+
+
+def answer_token_ids(tokenizer, words):
+    ids = {}
+    for w in words:
+        tok = tokenizer.encode(w, add_special_tokens=False)
+        if len(tok) != 1:
+            raise SystemExit(f"error: answer {w!r} is {len(tok)} tokens; the pretraining supervises one token")
+        ids[w] = tok[0]
+    return ids
+
+
+@torch.no_grad()
+def open_accuracy(model, collator, rows, words, word_ids, device, batch_size):
+    """Accuracy of the argmax over the answer words at the answer position, overall and by question type."""
+    model.eval()
+    ids = torch.tensor([word_ids[w] for w in words], device=device)
+    hits, types = [], []
+    for s in range(0, len(rows), batch_size):
+        chunk = [dict(r, answer=None) for r in rows[s: s + batch_size]]
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(chunk).items()}
+        pred = answer_logits(model, batch)[:, 0, ids].argmax(-1).tolist()
+        hits += [words[p] == r["answer"] for p, r in zip(pred, rows[s: s + batch_size])]
+        types += [r["question_type"] for r in rows[s: s + batch_size]]
+    model.train()
+    table = pd.DataFrame({"hit": hits, "type": types})
+    return float(np.mean(hits)), table.groupby("type")["hit"].mean().round(4).to_dict()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data_dir", required=True, help="prepare_easy_vqa.py output: train.csv to learn from, "
+                                                        "test.csv + test_answers.csv to report on")
+    ap.add_argument("--out", required=True, help="model folder to write")
+    ap.add_argument("--minutes", type=float, default=12.0, help="training time budget (wall clock)")
+    ap.add_argument("--max_steps", type=int, default=None, help="stop after this many steps (before the budget)")
+    ap.add_argument("--batch_size", type=int, default=64)
+    ap.add_argument("--learning_rate", type=float, default=2e-3)
+    ap.add_argument("--warmup_steps", type=int, default=50)
+    ap.add_argument("--weight_decay", type=float, default=0.01)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the row order")
+    ap.add_argument("--hidden_size", type=int, default=128)
+    ap.add_argument("--num_layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4, help="attention heads, each with its own key/value head "
+                    "(make_tiny_model's 128-wide default is 2 query heads sharing 1 key/value head)")
+    ap.add_argument("--vision_hidden_size", type=int, default=64)
+    ap.add_argument("--vision_depth", type=int, default=2)
+    ap.add_argument("--pixels", type=int, default=112 * 112, help="min = max pixels (112x112: 16 image tokens)")
+    ap.add_argument("--blank_images", action="store_true",
+                    help="every image grey (the blank-image twin: what the question text alone allows)")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes building batches")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--eval_rows", type=int, default=1000, help="test questions for the final report")
+    ap.add_argument("--log_every", type=int, default=50)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    random.seed(a.seed)
+    torch.manual_seed(a.seed)
+    out = Path(a.out)
+    make_tiny_model("qwen2_5_vl", out, hidden_size=a.hidden_size, num_layers=a.num_layers,
+                    vision_hidden_size=a.vision_hidden_size, vision_depth=a.vision_depth,
+                    min_pixels=a.pixels, max_pixels=a.pixels, seed=a.seed)
+    from transformers import AutoModelForImageTextToText
+
+    with_heads(out, a.heads, a.seed)
+    processor = load_processor(out)
+    model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32, attn_implementation="sdpa")
+    model.to(a.device).train()
+
+    train = open_ended(load_split(a.data_dir, "train"))
+    test_df = load_split(a.data_dir, "test")
+    answers = pd.read_csv(Path(a.data_dir) / "test_answers.csv", dtype=str).set_index("id")["answer"].to_dict()
+    test = open_ended(test_df, answers)[: a.eval_rows]
+    words = sorted({r["answer"] for r in train})
+    word_ids = answer_token_ids(processor.tokenizer, words)
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    collator = MCVQACollator(processor, a.pixels, a.pixels, train=True, template=OPEN_TEMPLATE,
+                             position_fn=rope_positions(model, image_token), blank_images=a.blank_images)
+    loader = iter(torch.utils.data.DataLoader(train, batch_size=a.batch_size, sampler=BalancedSampler(train, a.seed),
+                                              collate_fn=collator, num_workers=a.workers,
+                                              persistent_workers=a.workers > 0, pin_memory=a.device != "cpu"))
+
+    opt = torch.optim.AdamW(model.parameters(), lr=a.learning_rate, weight_decay=a.weight_decay,
+                            betas=(0.9, 0.95))
+    step, start, seen, losses = 0, time.time(), 0, []
+    budget = 60 * a.minutes
+    while True:
+        elapsed = time.time() - start
+        if elapsed >= budget or (a.max_steps is not None and step >= a.max_steps):
+            break
+        # Warm-up, then a cosine over the share of the time budget (or of --max_steps) spent.
+        done = max(elapsed / budget, step / a.max_steps if a.max_steps else 0.0)
+        lr = a.learning_rate * min(1.0, (step + 1) / a.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = {k: v.to(a.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in next(loader).items()}
+        at = int(batch["answer_index"][0])
+        logits = answer_logits(model, batch)[:, 0]
+        loss = F.cross_entropy(logits.float(), batch["labels"][:, at + 1])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seen += len(batch["input_ids"])
+        losses.append(loss.detach())
+        if step % a.log_every == 0:
+            print(f"step {step}  {time.time() - start:6.0f} s  loss {torch.stack(losses[-a.log_every:]).mean().item():.4f}  "
+                  f"lr {lr:.2e}", flush=True)
+    minutes = (time.time() - start) / 60
+    acc, by_type = open_accuracy(model, collator, test, words, word_ids, a.device, 2 * a.batch_size)
+    print(f"open-ended accuracy on {len(test)} test questions: {acc:.4f} {by_type}")
+    model.save_pretrained(out, safe_serialization=True)
+    record = {
+        "command": "python bench/pretrain_tiny.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
+        "settings": vars(a), "torch": torch.__version__, "steps": step, "rows_seen": seen,
+        "minutes": round(minutes, 2), "final_loss": torch.stack(losses[-a.log_every:]).mean().item() if losses else None,
+        "train_rows": len(train), "train_file": str(Path(a.data_dir) / "train.csv"),
+        "blank_images": a.blank_images, "data": "easy-VQA train split only (prepare_easy_vqa.py); options and letters never shown",
+        "open_ended_test_accuracy": acc, "open_ended_test_accuracy_by_type": by_type, "test_rows": len(test),
+    }
+    (out / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {step} steps, "
+          f"{minutes:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
