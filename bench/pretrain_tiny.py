@@ -135,6 +135,9 @@ def main(argv=None):
     ap.add_argument("--pixels", type=int, default=112 * 112, help="min = max pixels (112x112: 16 image tokens)")
     ap.add_argument("--blank_images", action="store_true",
                     help="every image grey (the blank-image twin: what the question text alone allows)")
+    ap.add_argument("--freeze_head", action="store_true",
+                    help="keep the output head at its random initialisation: the rows of tokens never answered here "
+                         "(the letters a-d) are not pushed out of reach, as they are not in a general pretrained model")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes building batches")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -169,7 +172,9 @@ def main(argv=None):
                                               collate_fn=collator, num_workers=a.workers,
                                               persistent_workers=a.workers > 0, pin_memory=a.device != "cpu"))
 
-    opt = torch.optim.AdamW(model.parameters(), lr=a.learning_rate, weight_decay=a.weight_decay,
+    if a.freeze_head:
+        model.lm_head.weight.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.learning_rate, weight_decay=a.weight_decay,
                             betas=(0.9, 0.95))
     step, start, seen, losses = 0, time.time(), 0, []
     budget = 60 * a.minutes

@@ -277,26 +277,6 @@ def placement_summary(model):
                      for d, n in sorted(where.items(), key=lambda x: str(x[0])))
 
 
-def _keep_indices_on_cpu(model):
-    """Over several devices the answer positions (`logits_to_keep`, made on the inputs' device) index hidden states
-    on the last layer's device, and CUDA refuses an index tensor on another GPU; on the CPU it may index any device.
-    Wraps `forward` itself (not a pre-hook), as peft calls the base model's forward directly."""
-    import functools
-
-    import torch
-
-    original = model.forward
-
-    @functools.wraps(original)
-    def forward(*args, **kwargs):
-        keep = kwargs.get("logits_to_keep")
-        if torch.is_tensor(keep) and keep.device.type != "cpu":
-            kwargs["logits_to_keep"] = keep.cpu()
-        return original(*args, **kwargs)
-
-    model.forward = forward
-
-
 def load_model(name_or_path, precision="auto", quantization="none", attn_implementation="auto",
                full_finetune=False, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_vision=False,
                gradient_checkpointing=True, adapter_path=None, trust_remote_code=False, device_index=None,
@@ -354,8 +334,6 @@ def load_model(name_or_path, precision="auto", quantization="none", attn_impleme
         raise UserError(f"--device_map {device_map} --max_memory {max_memory}: {where['cpu']} part(s) of the model "
                         "would sit on the CPU, where training cannot update them: give the GPUs more memory "
                         "(--max_memory), use --quantization 4bit, or more GPUs")
-    if len(where) > 1:
-        _keep_indices_on_cpu(model)
     model.mcvqa_liger = liger_applied
     if batched_vision_attention:
         from mcvqa.fast_vision import patch_vision_attention

@@ -19,9 +19,12 @@ def answer_logits(model, batch, n_positions=1):
     forward so DDP, peft and gradient checkpointing see an ordinary call.
     """
     start = int(batch["answer_index"][0])
-    keep = torch.arange(start, start + n_positions, device=batch["input_ids"].device)
+    # The answer sits within the last few positions (left padding; at most the letter and <|im_end|> follow it):
+    # keeping the tail by count computes one or two positions more than needed, but passes no index tensor, which
+    # a model placed over several GPUs (--device_map) would move to the first GPU and use on the last one's states.
     inputs = {k: batch[k] for k in MODEL_KEYS if k in batch}
-    return model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    tail = batch["input_ids"].shape[1] - start
+    return model(**inputs, logits_to_keep=tail, use_cache=False).logits[:, :n_positions]
 
 
 def letter_logits(logits, letter_ids):
