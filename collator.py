@@ -273,6 +273,11 @@ class MCVQACollator:
                 positions[:, i, width - len(e.input_ids):] = e.position_ids
             batch["position_ids"] = positions
         batch["answer_index"] = answer_index(labels)
+        # The same index and the count of supervised positions after it as host integers: read from the device
+        # tensors at every step, they would make the host wait for the GPU (a stream sync per batch).
+        at = int(batch["answer_index"][0])
+        batch["answer_position"] = at
+        batch["answer_width"] = int((labels[:, at + 1:] != -100).any(0).sum())
         if self.train:
             # Soft pseudo-labels and teacher probabilities, permuted like the options each row shows.
             batch.update(target_tensors(rows, [e.order for e in encoded]))

@@ -12,13 +12,20 @@ from mcvqa.tta import to_original, view_order
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids", "position_ids")
 
 
+def answer_position(batch):
+    """The answer index shared by the batch's rows, as an int: the collator's host copy when there is one (reading
+    the device tensor makes the host wait for every queued kernel), else from `answer_index`."""
+    at = batch.get("answer_position")
+    return int(batch["answer_index"][0]) if at is None else int(at)
+
+
 def answer_logits(model, batch, n_positions=1):
     """Vocabulary logits at the answer position (and the `n_positions - 1` after it): (B, n_positions, V).
 
     The language-model head runs only there (`logits_to_keep`); the model is called through its own
     forward so DDP, peft and gradient checkpointing see an ordinary call.
     """
-    start = int(batch["answer_index"][0])
+    start = answer_position(batch)
     # The answer sits within the last few positions (left padding; at most the letter and <|im_end|> follow it):
     # keeping the tail by count computes one or two positions more than needed, but passes no index tensor, which
     # a model placed over several GPUs (--device_map) would move to the first GPU and use on the last one's states.
@@ -27,21 +34,36 @@ def answer_logits(model, batch, n_positions=1):
     return model(**inputs, logits_to_keep=tail, use_cache=False).logits[:, :n_positions]
 
 
+_LETTER_INDEX = {}
+
+
+def letter_index(letter_ids, device):
+    """(4, W) token ids of each letter's variants (repeated to the widest) and a (4, W) 0/-inf mask, on `device`,
+    made once: indexing with a Python list copies it to the GPU from pageable memory, a stream sync per batch."""
+    key = (tuple(tuple(v) for v in letter_ids), str(device))
+    found = _LETTER_INDEX.get(key)
+    if found is None:
+        width = max(len(v) for v in letter_ids)
+        index = torch.tensor([list(v) + [v[0]] * (width - len(v)) for v in letter_ids], dtype=torch.long)
+        mask = torch.tensor([[0.0] * len(v) + [float("-inf")] * (width - len(v)) for v in letter_ids])
+        found = _LETTER_INDEX[key] = (index.to(device), mask.to(device))
+    return found
+
+
 def letter_logits(logits, letter_ids):
     """(B, V) vocabulary logits -> (B, 4): each option letter's variants folded by log-sum-exp."""
-    return torch.stack([torch.logsumexp(logits[:, ids].float(), dim=-1) for ids in letter_ids], dim=-1)
+    index, mask = letter_index(letter_ids, logits.device)
+    return torch.logsumexp(logits[:, index].float() + mask, dim=-1)
 
 
 def target_letters(batch, letter_ids):
     """The supervised answer as 0-3 per row, or -100 where a row has no answer."""
     if "labels" not in batch:
         return torch.full((batch["input_ids"].shape[0],), -100, dtype=torch.long, device=batch["input_ids"].device)
-    at = int(batch["answer_index"][0]) + 1
-    token = batch["labels"][:, at]
-    out = torch.full_like(token, -100)
-    for k, ids in enumerate(letter_ids):
-        out[torch.isin(token, torch.tensor(ids, device=token.device))] = k
-    return out
+    token = batch["labels"][:, answer_position(batch) + 1]
+    index, _ = letter_index(letter_ids, token.device)
+    hit = token[:, None, None] == index  # (B, 4, W)
+    return torch.where(hit.any(-1).any(-1), hit.any(-1).long().argmax(-1), torch.full_like(token, -100))
 
 
 def score_batch(model, batch, letter_ids):

@@ -12,7 +12,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mcvqa.errors import UserError
 from mcvqa.metrics import metrics_from_logits
-from mcvqa.scoring import answer_logits, letter_logits, target_letters
+from mcvqa.scoring import answer_logits, answer_position, letter_logits, target_letters
 from mcvqa.second_round import BATCH_KEYS as SECOND_ROUND_KEYS, second_round_loss
 
 
@@ -150,8 +150,9 @@ class MCVQATrainer(Trainer):
 
     def _loss_and_letters(self, model, inputs):
         labels = inputs["labels"]
-        at = int(inputs["answer_index"][0])
-        n = int((labels[:, at + 1:] != -100).any(0).sum()) or 1
+        at = answer_position(inputs)
+        width = inputs.get("answer_width")
+        n = (int((labels[:, at + 1:] != -100).any(0).sum()) if width is None else width) or 1
         logits = answer_logits(model, inputs, n_positions=n)
         targets = labels[:, at + 1: at + 1 + n]
         letters = letter_logits(logits[:, 0], self.letter_ids)

@@ -44,6 +44,36 @@ def test_letter_logits_fold_variants_by_logsumexp():
     assert out.argmax().item() == 1
 
 
+def test_letter_logits_and_targets_match_the_per_letter_reference_with_gradients():
+    """The cached (4, W) index with a -inf mask (no list indexing per batch, which syncs a GPU) is exact."""
+    from mcvqa.scoring import target_letters
+
+    torch.manual_seed(0)
+    ids = [[4], [7, 2, 11], [0, 9], [5]]  # variant lists of different lengths
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = (torch.randn(6, 12) * 5).to(dtype).requires_grad_()
+        reference = torch.stack([torch.logsumexp(logits[:, v].float(), dim=-1) for v in ids], dim=-1)
+        out = letter_logits(logits, ids)
+        assert torch.equal(out, reference)
+        grad, = torch.autograd.grad(out.sum(), logits)
+        ref_grad, = torch.autograd.grad(reference.sum(), logits)
+        assert torch.equal(grad, ref_grad) and torch.isfinite(grad.float()).all()
+    labels = torch.full((5, 4), -100)
+    labels[:, 2] = torch.tensor([2, 9, 5, 3, 7])  # 3 is no letter's token
+    batch = {"input_ids": torch.zeros(5, 4, dtype=torch.long), "labels": labels, "answer_index": torch.ones(5)}
+    assert target_letters(batch, ids).tolist() == [1, 2, 3, -100, 1]
+    assert target_letters(dict(batch, answer_position=1), ids).tolist() == [1, 2, 3, -100, 1]
+
+
+def test_the_collator_hands_the_answer_position_and_width_to_the_host(processor, rows):
+    train = MCVQACollator(processor, 56 * 56, 56 * 56, supervise_eos=True)(rows[:3])
+    at = int(train["answer_index"][0])
+    assert train["answer_position"] == at and isinstance(train["answer_position"], int)
+    assert train["answer_width"] == int((train["labels"][:, at + 1:] != -100).any(0).sum()) == 2
+    scoring = MCVQACollator(processor, 56 * 56, 56 * 56, train=False)(rows[:3])
+    assert scoring["answer_position"] == scoring["input_ids"].shape[1] - 1 and scoring["answer_width"] == 0
+
+
 def test_training_and_scoring_batches_score_identically(model, processor, rows):
     """The letter read after the prompt is the same whether the answer follows it (training) or not (predict)."""
     letters = option_letter_ids(processor.tokenizer)

@@ -1,0 +1,86 @@
+"""Issue 17's user path on the CPU: bench/pretrain_tiny.py (an open-ended base that never sees options or letters)
+and tools/zero_shot.py (a base's restricted-letter accuracy before any fine-tuning)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+PIX = ["--min_pixels", "3136", "--max_pixels", "3136"]
+
+
+@pytest.fixture(scope="module")
+def base(easy_vqa_dir, tmp_path_factory):
+    from pretrain_tiny import main
+
+    out = tmp_path_factory.mktemp("base") / "tiny_base"
+    main(["--data_dir", str(easy_vqa_dir), "--out", str(out), "--max_steps", "3", "--batch_size", "8",
+          "--pixels", "3136", "--hidden_size", "64", "--num_layers", "2", "--heads", "2", "--eval_rows", "16",
+          "--log_every", "1", "--freeze_head"])
+    return out
+
+
+def test_the_base_sees_image_and_question_and_answers_with_the_word(easy_vqa_dir):
+    from collator import MCVQACollator
+    from mcvqa.data import load_split
+    from mcvqa.modeling import load_processor
+    from pretrain_tiny import OPEN_TEMPLATE, open_ended
+    from tools.make_tiny_model import make_tiny_model
+
+    df = load_split(easy_vqa_dir, "train")
+    rows = open_ended(df)
+    assert [r["answer"] for r in rows] == [r[letter] for r, letter in zip(df.to_dict("records"), df["answer"])]
+    folder = make_tiny_model("qwen2_5_vl", Path(easy_vqa_dir).parent / "tok_only", min_pixels=3136, max_pixels=3136)
+    processor = load_processor(folder)
+    collator = MCVQACollator(processor, 3136, 3136, train=True, template=OPEN_TEMPLATE)
+    batch = collator(rows[:4])
+    tok = processor.tokenizer
+    for i, row in enumerate(rows[:4]):
+        text = tok.decode(batch["input_ids"][i])
+        assert row["question"] in text
+        # No option line, no option letter, no instruction: the multiple-choice format is never shown.
+        assert "\na. " not in text and "letter" not in text
+        supervised = batch["labels"][i][batch["labels"][i] != -100]
+        assert tok.decode(supervised).strip() == row["answer"]
+
+
+def test_pretraining_writes_a_model_folder_and_its_record(base, easy_vqa_dir):
+    from transformers import AutoModelForImageTextToText
+
+    record = json.loads((base / "pretraining.json").read_text())
+    assert record["steps"] == 3 and record["settings"]["freeze_head"] is True
+    assert record["train_rows"] == len(pd.read_csv(Path(easy_vqa_dir) / "train.csv"))
+    assert 0.0 <= record["open_ended_test_accuracy"] <= 1.0
+    config = json.loads((base / "config.json").read_text())["text_config"]
+    assert config["num_attention_heads"] == config["num_key_value_heads"] == 2
+    AutoModelForImageTextToText.from_pretrained(base)  # a normal model folder
+
+
+def test_zero_shot_scores_the_base_as_prediction_would(base, easy_vqa_dir, tmp_path, capsys):
+    from tools.zero_shot import main
+
+    out = tmp_path / "zs.csv"
+    acc = main(["--model_name_or_path", str(base), "--data_dir", str(easy_vqa_dir), "--out", str(out), *PIX])
+    assert f"zero-shot accuracy: {acc:.3f}" in capsys.readouterr().out
+    probs = pd.read_csv(out, dtype={"id": str})
+    test = pd.read_csv(Path(easy_vqa_dir) / "test.csv", dtype={"id": str})
+    assert list(probs["id"]) == list(test["id"])
+    assert probs[list("abcd")].sum(axis=1).sub(1).abs().max() < 1e-5
+    answers = pd.read_csv(Path(easy_vqa_dir) / "test_answers.csv", dtype=str).set_index("id")["answer"]
+    pred = probs.set_index("id")[list("abcd")].idxmax(axis=1)
+    assert acc == pytest.approx((pred == answers.loc[pred.index]).mean())
+
+
+def test_zero_shot_refuses_a_missing_answers_file(base, easy_vqa_dir, tmp_path, capsys):
+    from tools.zero_shot import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model_name_or_path", str(base), "--data_dir", str(easy_vqa_dir), "--answers",
+              str(tmp_path / "nope.csv"), *PIX])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "nope.csv: file not found" in err and "Traceback" not in err
