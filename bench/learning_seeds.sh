@@ -10,6 +10,8 @@
 # Every seed has a blank-image twin (both stages with grey images: what the question text alone allows). All runs
 # share the GPU. predict.py scores the 2,000 held-out easy-VQA test questions, and bench/learning_seeds_report.py
 # writes $OUT/learning.json (every seed, mean, minimum) and $OUT/learning_lora.json (the LoRA stage's view).
+# Not yet a recipe that learns: in call 20 (PRE=2 LORA=2.5, seed 1) it reached 0.672; bench/learning_variants.sh
+# found LoRA on this base stuck (bench/RESULTS.md, "Learning proof II"). Run it once the base is fixed.
 # CPU smoke of the whole chain: DEVICE=cpu PYTHON=.venv/bin/python N_TRAIN=200 N_TEST=40 PRE=0.3 LORA=0.3 bash ...
 set -u
 DEVICE=${DEVICE:-cuda}
