@@ -1,7 +1,7 @@
 """Pretrain a tiny Qwen2.5-VL into a base model that answers easy-VQA questions with a word, never a letter.
 
     python data/prepare_easy_vqa.py --out data/easy_vqa_full --n_train 0 --n_test 1000 --seed 0
-    python bench/pretrain_tiny.py --data_dir data/easy_vqa_full --out models/tiny_easyvqa_base --minutes 12
+    python bench/pretrain_tiny.py --data_dir data/easy_vqa_full --out /tmp/base --minutes 12
     python bench/pretrain_tiny.py --data_dir /tmp/evqa --out /tmp/base --device cuda --minutes 4 --batch_size 256
 
 The stand-in for a user's pretrained VLM (issue 17): it can look at an image and answer "red", "circle" or
@@ -44,8 +44,9 @@ from tools.make_tiny_model import make_tiny_model  # noqa: E402
 OPEN_TEMPLATE = "{question}"
 
 
-def with_heads(folder, heads, seed):
-    """Rebuild the tiny model's random weights with `heads` query and key/value heads (M-RoPE sections to match)."""
+def with_heads(folder, heads, seed, tie=False):
+    """Rebuild the tiny model's random weights with `heads` query and key/value heads (M-RoPE sections to match),
+    and with `tie` one matrix for the input embeddings and the output head (as Qwen2.5-VL-3B has)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
 
     config = AutoConfig.from_pretrained(folder)
@@ -55,6 +56,7 @@ def with_heads(folder, heads, seed):
     half = text.hidden_size // heads // 2
     text.num_attention_heads = text.num_key_value_heads = heads
     text.rope_parameters["mrope_section"] = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    config.tie_word_embeddings = text.tie_word_embeddings = tie
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config = GenerationConfig.from_pretrained(folder)  # make_tiny_model's pad/eos ids
@@ -138,6 +140,9 @@ def main(argv=None):
     ap.add_argument("--freeze_head", action="store_true",
                     help="keep the output head at its random initialisation: the rows of tokens never answered here "
                          "(the letters a-d) are not pushed out of reach, as they are not in a general pretrained model")
+    ap.add_argument("--tie_embeddings", action="store_true",
+                    help="one matrix for input embeddings and output head: an answer copied from the prompt (a letter "
+                         "of an option line) lands on its own output row")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes building batches")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -154,7 +159,7 @@ def main(argv=None):
                     min_pixels=a.pixels, max_pixels=a.pixels, seed=a.seed)
     from transformers import AutoModelForImageTextToText
 
-    with_heads(out, a.heads, a.seed)
+    with_heads(out, a.heads, a.seed, a.tie_embeddings)
     processor = load_processor(out)
     model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32, attn_implementation="sdpa")
     model.to(a.device).train()

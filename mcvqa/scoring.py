@@ -44,9 +44,11 @@ def letter_index(letter_ids, device):
     found = _LETTER_INDEX.get(key)
     if found is None:
         width = max(len(v) for v in letter_ids)
-        index = torch.tensor([list(v) + [v[0]] * (width - len(v)) for v in letter_ids], dtype=torch.long)
-        mask = torch.tensor([[0.0] * len(v) + [float("-inf")] * (width - len(v)) for v in letter_ids])
-        found = _LETTER_INDEX[key] = (index.to(device), mask.to(device))
+        # Normal tensors even when first made under predict's inference_mode: training saves the index for backward.
+        with torch.inference_mode(False):
+            index = torch.tensor([list(v) + [v[0]] * (width - len(v)) for v in letter_ids], dtype=torch.long)
+            mask = torch.tensor([[0.0] * len(v) + [float("-inf")] * (width - len(v)) for v in letter_ids])
+            found = _LETTER_INDEX[key] = (index.to(device), mask.to(device))
     return found
 
 

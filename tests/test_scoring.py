@@ -50,6 +50,8 @@ def test_letter_logits_and_targets_match_the_per_letter_reference_with_gradients
 
     torch.manual_seed(0)
     ids = [[4], [7, 2, 11], [0, 9], [5]]  # variant lists of different lengths
+    with torch.inference_mode():  # the cache is first filled while scoring (predict.py) in the same process
+        letter_logits(torch.zeros(1, 12), ids)
     for dtype in (torch.float32, torch.bfloat16):
         logits = (torch.randn(6, 12) * 5).to(dtype).requires_grad_()
         reference = torch.stack([torch.logsumexp(logits[:, v].float(), dim=-1) for v in ids], dim=-1)

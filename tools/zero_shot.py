@@ -1,7 +1,6 @@
 """A base model's accuracy before any fine-tuning: restricted a/b/c/d scoring of test.csv, zero-shot.
 
-    python tools/zero_shot.py --model_name_or_path models/tiny_easyvqa_base --data_dir data/easy_vqa \
-        --config configs/cpu_demo.yaml
+    python tools/zero_shot.py --model_name_or_path /tmp/base --data_dir data/easy_vqa --config bench/learning_lora.yaml
     python tools/zero_shot.py --model_name_or_path Qwen/Qwen2.5-VL-7B-Instruct --data_dir data --answers my_answers.csv
 
 The starting point a fine-tune has to beat. The rows are rendered and scored exactly as train_lora.py and
