@@ -67,18 +67,22 @@ def last_complete_checkpoint(checkpoints_dir, skipped=None):
 
 
 class CheckpointRecord(TrainerCallback):
-    """Write the run record into every checkpoint, so --resume can refuse one written with other settings."""
+    """The run record that goes into every checkpoint, so --resume can refuse one written with other settings.
+
+    MCVQATrainer writes it when a checkpoint starts, before the weights: the Trainer writes trainer_state.json
+    last, and that file is what marks a checkpoint complete (`checkpoint_problem`). Written after it (on_save),
+    a kill -9 in between left a complete-looking checkpoint that --resume refused for lack of a record.
+    """
 
     def __init__(self, record):
         self.record = record
 
-    def on_save(self, args, state, control, **kwargs):
+    def write(self, checkpoint):
         from mcvqa.io import write_json
         from mcvqa.runs import CHECKPOINT_RECORD
 
-        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if state.is_world_process_zero and checkpoint.is_dir():
-            write_json(checkpoint / CHECKPOINT_RECORD, self.record.to_dict())
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        write_json(checkpoint / CHECKPOINT_RECORD, self.record.to_dict())
 
 
 class TrainingDiverged(UserError):
@@ -115,7 +119,12 @@ class MCVQATrainer(Trainer):
     def _save_checkpoint(self, *args, **kwargs):
         from mcvqa.runs import writing
 
-        with writing(Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}", self._DISK_FIX):
+        checkpoint = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        with writing(checkpoint, self._DISK_FIX):
+            if self.args.should_save:
+                for callback in self.callback_handler.callbacks:
+                    if isinstance(callback, CheckpointRecord):
+                        callback.write(checkpoint)
             return super()._save_checkpoint(*args, **kwargs)
 
     def save_model(self, output_dir=None, _internal_call=False):

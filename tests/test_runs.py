@@ -228,3 +228,21 @@ def test_score_oof_finds_the_held_out_rows_when_training_stopped_before_oof_csv(
                   "--progress", "false"])
     folds = read(run / "folds.csv")
     assert set(read(run / "fold2" / "oof_tta.csv")["id"]) == set(folds.loc[folds["fold"].astype(str) == "2", "id"])
+
+
+def test_the_run_record_is_in_a_checkpoint_before_the_file_that_marks_it_complete(tiny_model, easy_vqa_dir,
+                                                                                   tmp_path, monkeypatch):
+    """A kill between the two used to leave a complete-looking checkpoint that --resume refused (no record)."""
+    from transformers.trainer_callback import TrainerState
+
+    seen = []
+    save_to_json = TrainerState.save_to_json
+
+    def checked(self, path):
+        if Path(path).parent.name.startswith("checkpoint-"):
+            seen.append((Path(path).parent / runs.CHECKPOINT_RECORD).is_file())
+        return save_to_json(self, path)
+
+    monkeypatch.setattr(TrainerState, "save_to_json", checked)
+    train_fold(tiny_model, easy_vqa_dir, tmp_path / "run", 1)
+    assert seen and all(seen)
