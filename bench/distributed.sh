@@ -148,31 +148,14 @@ def weights_diff(a, b):
 
 
 def fold_checks(run):
-    """What a finished fold folder holds: OOF rows against folds.csv, steps, processes, the recorded weights."""
-    from mcvqa.runs import RunRecord, check_weights
+    """bench/fold_check.py's checks of fold 1, plus the files of the checkpoint the best reload should pick."""
+    sys.path.insert(0, str(Path.cwd() / "bench"))
+    from fold_check import fold_checks as checks
 
-    fold = Path(run) / "fold1"
-    r = {"complete": all((fold / n).is_file() for n in ("model.safetensors", "oof.csv", "metrics.json",
-                                                         "trainer_state.json", "train_config.json"))}
-    if not r["complete"]:
-        r["files"] = sorted(p.name for p in fold.iterdir()) if fold.is_dir() else []
-        return r
-    oof = pd.read_csv(fold / "oof.csv", dtype={"id": str})
-    folds = pd.read_csv(Path(run) / "folds.csv", dtype={"id": str})
-    want = set(folds.loc[folds["fold"] == 1, "id"])
-    state = json.loads((fold / "trainer_state.json").read_text())
-    metrics = json.loads((fold / "metrics.json").read_text())
-    try:
-        check_weights(fold, RunRecord.load(fold))
-        recorded = True
-    except Exception as err:  # noqa: BLE001 - recorded, not raised
-        recorded = str(err)
-    r.update(oof_rows=len(oof), fold_rows=len(want), oof_ids_once=bool(oof["id"].is_unique and set(oof["id"]) == want),
-             steps=state["global_step"], processes=metrics["samples_seen"] // max(state["global_step"] * 4, 1),
-             best_checkpoint=Path(state.get("best_model_checkpoint") or "-").name, weights_recorded=recorded,
-             oof_accuracy=metrics.get("oof_accuracy"),
-             checkpoint_files=sorted(p.name for p in (fold / "checkpoints" / "checkpoint-4").iterdir())
-             if (fold / "checkpoints" / "checkpoint-4").is_dir() else [])
+    r = checks(run)
+    best = Path(run) / "fold1" / "checkpoints" / "checkpoint-4"
+    if r["complete"]:
+        r["checkpoint_files"] = sorted(p.name for p in best.iterdir()) if best.is_dir() else []
     return r
 
 

@@ -69,39 +69,20 @@ for v in $VARIANTS; do
 done
 
 W=$W OUT=$OUT VARIANTS="$VARIANTS" DEVICE=$DEVICE $PY - <<'PY'
-import json, os
+import json, os, sys
 from pathlib import Path
 
 import pandas as pd
 
-from mcvqa.runs import RunRecord, check_weights
+sys.path.insert(0, str(Path.cwd() / "bench"))
+from fold_check import fold_checks
 
 W, out = Path(os.environ["W"]), {"device": os.environ["DEVICE"], "variants": {}}
 if out["device"] == "gpu":
     import torch
     out["device"] = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
 for v in os.environ["VARIANTS"].split():
-    row = {}
-    for layout in ("one", "two"):
-        fold = W / v / layout / "fold1"
-        r = {"complete": (fold / "oof.csv").is_file() and (fold / "metrics.json").is_file()}
-        if r["complete"]:
-            oof = pd.read_csv(fold / "oof.csv", dtype={"id": str})
-            folds = pd.read_csv(W / v / layout / "folds.csv", dtype={"id": str})
-            want = set(folds[folds["fold"] == 1]["id"])
-            m = json.loads((fold / "metrics.json").read_text())
-            st = json.loads((fold / "trainer_state.json").read_text())
-            try:
-                check_weights(fold, RunRecord.load(fold))
-                weights_ok = True
-            except Exception as err:  # noqa: BLE001 - recorded, not raised
-                weights_ok = str(err)
-            r.update(oof_rows=len(oof), oof_ids_once=bool(oof["id"].is_unique and set(oof["id"]) == want),
-                     fold_rows=len(want), weights_recorded=weights_ok, steps=st["global_step"],
-                     processes=m["samples_seen"] // max(st["global_step"] * 4, 1),
-                     best_checkpoint=Path(st.get("best_model_checkpoint") or "-").name,
-                     oof_accuracy=m.get("oof_accuracy"), oof_log_loss=m.get("oof_log_loss"))
-        row[layout] = r
+    row = {layout: fold_checks(W / v / layout) for layout in ("one", "two")}
     one, two = row["one"], row["two"]
     ok = one["complete"] and two["complete"]
     row["same_ids"] = ok and set(pd.read_csv(W / v / "one/fold1/oof.csv", dtype={"id": str})["id"]) == \
