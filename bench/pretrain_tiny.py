@@ -20,12 +20,12 @@ seed, data, settings and the base's open-ended accuracy on DATA_DIR/test.csv's q
 
 import argparse
 import json
-import math
 import random
 import shlex
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -38,7 +38,8 @@ import torch.nn.functional as F  # noqa: E402
 from collator import MCVQACollator, rope_positions  # noqa: E402
 from mcvqa.data import load_split  # noqa: E402
 from mcvqa.modeling import load_processor  # noqa: E402
-from mcvqa.scoring import answer_logits  # noqa: E402
+from mcvqa.scoring import answer_logits, answer_position  # noqa: E402
+from mcvqa.trainer import time_schedule  # noqa: E402
 from tools.make_tiny_model import make_tiny_model  # noqa: E402
 
 OPEN_TEMPLATE = "{question}"
@@ -181,25 +182,26 @@ def main(argv=None):
         model.lm_head.weight.requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.learning_rate, weight_decay=a.weight_decay,
                             betas=(0.9, 0.95))
+    # The project's warm-up + cosine over the share of the clock (or of --max_steps) spent (mcvqa.trainer).
+    clock = SimpleNamespace(fraction=0.0)
+    schedule = time_schedule(opt, clock, a.warmup_steps, "cosine", a.max_steps)
     step, start, seen, losses = 0, time.time(), 0, []
     budget = 60 * a.minutes
     while True:
         elapsed = time.time() - start
         if elapsed >= budget or (a.max_steps is not None and step >= a.max_steps):
             break
-        # Warm-up, then a cosine over the share of the time budget (or of --max_steps) spent.
-        done = max(elapsed / budget, step / a.max_steps if a.max_steps else 0.0)
-        lr = a.learning_rate * min(1.0, (step + 1) / a.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-        for g in opt.param_groups:
-            g["lr"] = lr
+        clock.fraction = min(1.0, elapsed / budget)
+        lr = schedule.get_last_lr()[0]
         batch = {k: v.to(a.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in next(loader).items()}
-        at = int(batch["answer_index"][0])
+        at = answer_position(batch)
         logits = answer_logits(model, batch)[:, 0]
         loss = F.cross_entropy(logits.float(), batch["labels"][:, at + 1])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        schedule.step()
         step += 1
         seen += len(batch["input_ids"])
         losses.append(loss.detach())
