@@ -1,0 +1,51 @@
+"""How far below its own answer a base puts the option letters, at the answer position of multiple-choice prompts.
+
+    python bench/letter_margin.py --base /tmp/variants/bases/h4 --data_dir /tmp/evqa --rows 64
+
+Prints the mean gap between the best letter's logit and the top logit, the letters' median rank in the vocabulary,
+and the output head's row norms for a-d against the median row (issue 17: why LoRA on a tiny open-ended base does
+not learn the letter format).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from collator import MCVQACollator, option_letter_ids  # noqa: E402
+from mcvqa.data import load_split  # noqa: E402
+from mcvqa.modeling import load_processor  # noqa: E402
+from mcvqa.scoring import answer_logits  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="model folder (e.g. bench/pretrain_tiny.py's output)")
+    ap.add_argument("--data_dir", required=True, help="a data folder with test.csv")
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--pixels", type=int, default=112 * 112)
+    a = ap.parse_args(argv)
+    from transformers import AutoModelForImageTextToText
+
+    processor = load_processor(a.base)
+    model = AutoModelForImageTextToText.from_pretrained(a.base).eval()
+    rows = load_split(a.data_dir, "test").to_dict("records")[: a.rows]
+    batch = MCVQACollator(processor, a.pixels, a.pixels, train=False)(rows)
+    with torch.no_grad():
+        logits = answer_logits(model, batch)[:, 0]
+    letters = [v[0] for v in option_letter_ids(processor.tokenizer)]
+    best_letter = logits[:, letters].max(-1, keepdim=True).values
+    head = model.lm_head.weight
+    print(f"best letter - top logit, mean over {len(rows)} rows: "
+          f"{(best_letter[:, 0] - logits.max(-1).values).mean().item():.2f}")
+    print(f"best letter's rank, median: {(logits > best_letter).sum(-1).float().median().item():.0f} "
+          f"of {logits.shape[1]} tokens")
+    print(f"head row norms: a-d {[round(x, 2) for x in head[letters].norm(dim=-1).tolist()]}, "
+          f"median of all {head.norm(dim=-1).median().item():.2f}")
+
+
+if __name__ == "__main__":
+    main()
