@@ -464,7 +464,9 @@ def infer(a, processor, df, device, dtype, attn, peak):
     score = lambda rs: predict_probs(model, collate, rs, letter_ids, {"plain": identity},  # noqa: E731
                                      batch_size=a.infer_batch_size, device=device, dtype=auto, progress=False,
                                      **single)
-    score(rows[: a.infer_batch_size])  # warm-up (kernels, allocator); the caches stay cold for the timed call
+    # Warm-up over every row (kernels, allocator, a cuDNN attention plan per sequence length); the collator's
+    # caches are emptied, so the timed call reads and renders every image again.
+    score(rows)
     collate.images.cache.clear()
     collate._text_cache.clear()
     collate._position_cache.clear()
@@ -671,7 +673,9 @@ def tta_cost(a, processor, df, device, dtype):
     views12 = named_views(tta=True)
     for label, kwargs in settings:
         for name, views in (("one_view", {"identity": identity}), ("tta12", views12)):
-            score_rows(a, model, processor, rows[: a.infer_batch_size], device, dtype, views=views, **kwargs)  # warm
+            # Warmed on every row, not one batch: each new sequence length costs a cuDNN attention plan and new
+            # kernel choices (call 23: the 7B's first pass over 128 rows took 8.4 s, the same pass warm 2.7 s).
+            score_rows(a, model, processor, rows, device, dtype, views=views, **kwargs)
             sync(device)
             t0 = time.perf_counter()
             probs = score_rows(a, model, processor, rows, device, dtype, views=views, **kwargs)
@@ -679,9 +683,58 @@ def tta_cost(a, processor, df, device, dtype):
             out[f"{label}_{name}_s"] = time.perf_counter() - t0
             out[f"{label}_{name}_views"] = len(probs)
         out[f"{label}_cost_vs_one_view"] = out[f"{label}_tta12_s"] / out[f"{label}_one_view_s"]
+    if shared:
+        out.update(tta_flops(a, model, processor, rows, views12))
+    if a.profile and device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        # One batch of rows, one view and the twelve: where the twelve views' time goes beyond their FLOPs.
+        for label, views, kwargs in (("one_view", {"identity": identity}, settings[0][1]),
+                                     ("tta12", views12, settings[-1][1])):
+            sync(device)
+            t0 = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                score_rows(a, model, processor, rows[: a.infer_batch_size], device, dtype, views=views, **kwargs)
+                sync(device)
+            out[f"profile_{label}_one_batch"] = profile_summary(prof, time.perf_counter() - t0, 1)
     del model
     free(device)
     return out
+
+
+def tta_flops(a, model, processor, rows, views):
+    """The twelve views' FLOPs against one view's, as the prefix-shared path computes them (the same count as the
+    infer part: 2 x (N_lm x tokens + N_vision x patches)): the floor of `tta12_cost_vs_one_view` at equal MFU."""
+    from collator import rope_positions
+    from mcvqa.prefix_scoring import option_order_groups, shared_batch
+    from mcvqa.runs import make_collators
+
+    counts = param_counts(model)
+    collate, _ = make_collators(bench_record(a.pixels), processor, model)
+    position_fn = collate.position_fn or rope_positions(model, collate.image_token_id)
+    flops = lambda tokens, patches: 2 * (counts["params_lm_layers"] * tokens + counts["params_vision"] * patches)  # noqa: E731
+    one_flops = shared_flops = 0
+    tokens = {"prefix": 0, "suffix": 0}
+    groups = option_order_groups(views, rows)
+    for start in range(0, len(rows), a.infer_batch_size):  # batch by batch: 128 rows of pixels at once are ~0.6 GB
+        chunk = rows[start: start + a.infer_batch_size]
+        one = collate(chunk)
+        one_flops += flops(int(one["attention_mask"].sum()), int(one["pixel_values"].shape[0]))
+        for names in groups:
+            batch = shared_batch(collate, chunk, [views[n] for n in names], position_fn) if len(names) > 1 else None
+            if batch is None:  # scored in full
+                for n in names:
+                    full = collate(chunk, view=views[n])
+                    shared_flops += flops(int(full["attention_mask"].sum()), int(full["pixel_values"].shape[0]))
+                continue
+            prefix, suffix = batch["prefix"], batch["suffix"]
+            n_prefix = int(prefix["attention_mask"].sum())
+            n_suffix = int(suffix["attention_mask"][:, prefix["input_ids"].shape[1]:].sum())
+            tokens["prefix"] += n_prefix
+            tokens["suffix"] += n_suffix
+            shared_flops += flops(n_prefix + n_suffix, int(prefix["pixel_values"].shape[0]))
+    return {"one_view_flops": one_flops, "shared_tta12_flops": shared_flops, "shared_tta12_tokens": tokens,
+            "shared_flops_vs_one_view": shared_flops / one_flops}
 
 
 # ------------------------------------------------------------------------------------------- QLoRA
@@ -836,6 +889,9 @@ def parse_args(argv=None):
     p.add_argument("--pixels", type=int, default=None,
                    help="min = max pixels per image (default 448*448 = 200704; tiny: 112*112)")
     p.add_argument("--attn", default="sdpa", help="attention implementation for every contender")
+    p.add_argument("--cudnn_sdp", default="on", choices=["on", "off"],
+                   help="off: torch.backends.cuda.enable_cudnn_sdp(False), so masked SDPA (the prefix-shared "
+                        "suffix pass) takes another backend; on: torch's default")
     p.add_argument("--qlora_sides", default="448,672,896,1120,1344,1792",
                    help="square image sides (pixels = side^2) of the QLoRA sweep; the first gives the *_peak_gib keys")
     p.add_argument("--profile", action="store_true",
@@ -869,6 +925,8 @@ def main(argv=None):
     a = parse_args(argv)
     device = torch.device(a.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if a.cudnn_sdp == "off":
+        torch.backends.cuda.enable_cudnn_sdp(False)
     peak, device_name = peak_flops(device)
     started = time.time()
     arch = ARCH[a.model]
@@ -983,6 +1041,7 @@ def main(argv=None):
     summary["tta12_cost_vs_one_view"] = ratio(tta.get("shared_tta12_s", tta.get("full_tta12_s")),
                                               tta.get("full_one_view_s"))
     summary["tta12_cost_vs_one_view_full"] = tta.get("full_cost_vs_one_view")
+    summary["tta12_flops_vs_one_view"] = tta.get("shared_flops_vs_one_view")
     summary["liger_applied"] = a.liger_applied
     q = results["qlora"] or {}
     for name, key in (("qwen2.5-vl-3b", "qlora_fp16_3b_peak_gib"), ("qwen2.5-vl-7b", "qlora_fp16_7b_peak_gib")):

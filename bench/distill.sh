@@ -74,7 +74,10 @@ run() { local name=$1; shift; { printf '%q ' "$@"; echo; } >> $LOGS/commands.txt
 done_run() { [ -f "$RUNS/$1/fold$2/oof.csv" ]; }
 fresh() { rm -rf "$RUNS/$1/fold$2"; }  # an unfinished run starts again (its time budget would not resume)
 # stage NAME START: the stage's wall time, recorded when it ran anything (ran=1; a resumed call skips what is done).
-stage() { local s=$(( $(date +%s) - $2 )); [ $ran = 1 ] && echo "$1 $s" >> $LOGS/timings.txt; echo "$1: $s s"; ran=0; }
+# Each stage also copies the logs so far to $OUT: a machine lost between stages keeps what was fetched (call 24 lost
+# both trained students' logs to a machine taken back during predict.py).
+stage() { local s=$(( $(date +%s) - $2 )); [ $ran = 1 ] && echo "$1 $s" >> $LOGS/timings.txt; echo "$1: $s s"; ran=0
+  cp $LOGS/* "$OUT"/ 2>/dev/null; }
 fail() { echo "error: $1 (see $OUT/$2.log):"; tail -5 "$LOGS/$2.log"; exit 1; }
 t0=$(date +%s) ran=0
 

@@ -47,3 +47,8 @@ def test_benchmark_tiny_cpu(tmp_path):
     tta = res["tta"]
     assert tta["full_tta12_views"] == 12 and tta["full_one_view_views"] == 1
     assert res["summary"]["tta12_cost_vs_one_view"] > 1
+    # Sharing the prefix leaves less than twelve views' FLOPs (the four orders of a scale share image and question),
+    # more than three (three scales, each at least one whole view's prefix).
+    if tta["share_prefix_available"]:
+        assert 3 < res["summary"]["tta12_flops_vs_one_view"] < 12
+        assert tta["shared_tta12_tokens"]["suffix"] > 0
