@@ -36,8 +36,8 @@ print('qwen2.5-vl names:', [n for n in dir(m) if 'rotary' in n or 'RMSNorm' in n
     record8b) $B --model qwen3-vl-8b --parts trl,liger_check,train,infer,tta --checkpointing on --profile \
                  --compile --pad_vision_mlp --liger false --generate_rows 8 ${EXTRA:-} --out $OUT/results_qwen3vl8b.json ;;
     # TTA cost in a process of its own: after the compiled parts of record7b/record8b, torch.compile's caches
-    # recompiled per image scale inside the timed TTA loop (call 19: 5.73x; 4.12x without, call 18). --profile: after
-    # the timed loop, the twelve views' FLOPs (their floor at equal MFU) and a profile of one batch, one view and twelve.
+    # recompiled per image scale inside the timed TTA loop (call 19: 5.73x; 4.12x without, call 18). The tta part
+    # also counts the twelve views' FLOPs (their floor at equal MFU); --profile adds one batch profiled, one view and twelve.
     tta7b) $B --model qwen2.5-vl-7b --parts tta --pad_vision_mlp --liger false --profile --out $OUT/$stage.json ;;
     tta8b) $B --model qwen3-vl-8b --parts tta --pad_vision_mlp --liger false --profile --out $OUT/$stage.json ;;
     *) echo "unknown stage $stage"; exit 2 ;;
