@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,6 +132,11 @@ def param_counts(model):
         elif "language_model" in name and ".layers." in name:
             n_lm += p.numel()
     return {"params_total": n_all, "params_lm_layers": n_lm, "params_vision": n_vis}
+
+
+def forward_flops(counts, tokens, patches):
+    """A forward pass's FLOPs: 2 x (decoder-layer parameters x tokens + vision parameters x patches)."""
+    return 2 * (counts["params_lm_layers"] * tokens + counts["params_vision"] * patches)
 
 
 def make_rows(n, seed=0):
@@ -492,7 +498,7 @@ def infer(a, processor, df, device, dtype, attn, peak):
     collate_s = time.perf_counter() - t0
     tokens = sum(len(collate.encode(r).input_ids) for r in rows)
     patches = sum(int(collate.images(r["image"])[1].prod()) for r in rows)
-    flops = 2 * (counts["params_lm_layers"] * tokens + counts["params_vision"] * patches)
+    flops = forward_flops(counts, tokens, patches)
 
     # generate-and-parse: processor per sample, greedy generate, first a-d letter of the decoded text.
     def generate(row, new_tokens):
@@ -712,7 +718,7 @@ def tta_flops(a, model, processor, rows, views):
     counts = param_counts(model)
     collate, _ = make_collators(bench_record(a.pixels), processor, model)
     position_fn = collate.position_fn or rope_positions(model, collate.image_token_id)
-    flops = lambda tokens, patches: 2 * (counts["params_lm_layers"] * tokens + counts["params_vision"] * patches)  # noqa: E731
+    flops = partial(forward_flops, counts)
     one_flops = shared_flops = 0
     tokens = {"prefix": 0, "suffix": 0}
     groups = option_order_groups(views, rows)

@@ -6,8 +6,9 @@
 #   PRE=2.5 LORA=4 bash bench/learning_variants.sh             call 21's set: head counts, depth, rates, losses
 #   SET=tied PRE=2.5 LORA=4 bash bench/learning_variants.sh    tied input/output embeddings, LoRA rank 64
 set -u
-source bench/gpu_env.sh
 PRE=${PRE:-2.5} LORA=${LORA:-4} W=${WORK:-/tmp/variants} SET=${SET:-call21}
+case $SET in call21|tied) ;; *) echo "error: SET=$SET: expected call21 or tied"; exit 2 ;; esac
+source bench/gpu_env.sh
 export OMP_NUM_THREADS=1
 mkdir -p $W/bases $W/runs "$OUT"
 python3 data/prepare_easy_vqa.py --out $W/evqa --n_train 0 --n_test 2000 >/dev/null || exit 1

@@ -13,13 +13,15 @@
 # takes back a machine left idle for 30 s between calls, with all of it: poll with back-to-back calls
 # (`sleep 240; tail -3 /tmp/res/master.log`) and fetch in each poll (`tar czf $OUT/res.tgz -C /tmp res`).
 set -u
+KIND=${1:-h200}
+case $KIND in h200|x2) ;; *) echo "usage: bash bench/pending_gpu.sh h200|x2"; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 R=/tmp/res
 mkdir -p $R
 exec >> $R/master.log 2>&1
 source bench/gpu_env.sh || { echo "installing the carried wheels failed"; exit 1; }
-echo "start ${1:-h200} $(date -u +%H:%M:%S)"
-case ${1:-h200} in
+echo "start $KIND $(date -u +%H:%M:%S)"
+case $KIND in
   h200)
     OUT=$R/distill WORK=/tmp/distill TEACHER_PRE=2 TEACHER_MIN=3 STUDENT_STEPS=800 STUDENT_ARCH="64 2 64 2" \
       WORKERS=4 bash bench/distill.sh > $R/distill.log 2>&1
@@ -29,7 +31,6 @@ case ${1:-h200} in
   x2)
     OUT=$R/distributed bash bench/distributed.sh > $R/distributed.log 2>&1
     echo "distributed rc $? $(date -u +%H:%M:%S)" ;;
-  *) echo "usage: bash bench/pending_gpu.sh h200|x2"; exit 2 ;;
 esac
 touch $R/DONE
 echo "done $(date -u +%H:%M:%S)"
