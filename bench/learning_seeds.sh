@@ -2,16 +2,18 @@
 # The learning proof II (issue 17), one command on one GPU:   bash bench/learning_seeds.sh [SEEDS...]   (default 1 2 3)
 # For every seed, from random weights, two stages that share one clock of PRE + LORA minutes:
 #   1. bench/pretrain_tiny.py: a tiny Qwen2.5-VL learns to answer easy-VQA questions with a word (open-ended; it
-#      never sees options or letters): the stand-in for a user's pretrained VLM;
-#   2. train_lora.py with its own defaults (LoRA r16 on the language model, vision tower frozen, full-vocabulary
-#      loss with label smoothing 0.1; bench/learning_lora.yaml sets only the rate, batch and clock) teaches that base
-#      the multiple-choice format on all 38,575 train questions (--fold -1).
+#      never sees options or letters): the stand-in for a user's pretrained VLM. BASE_FLAGS: its shape and rate
+#      (default: the shape and rate of call 27's 0.93 base, hidden 256 x 4, vision 128 x 4, lr 1e-3);
+#   2. train_lora.py (LoRA on the language model, vision tower frozen; bench/learning_lora.yaml sets the batch and
+#      clock) teaches that base the multiple-choice format on all 38,575 train questions (--fold -1). LORA_FLAGS:
+#      default call 27's recipe, the 4-way restricted loss at 1e-3 without smoothing, r64, colour/shape oversampled
+#      3x, options shuffled. train_lora.py's own defaults (full-vocabulary loss, smoothing 0.1) did not teach the
+#      format to a tiny base (0.42-0.67, calls 20-24); LORA_FLAGS= (empty) runs them.
 # Before stage 2, tools/zero_shot.py scores the base as it is (restricted a-d letters): what the format alone gives.
 # Every seed has a blank-image twin (both stages with grey images: what the question text alone allows). All runs
 # share the GPU. predict.py scores the 2,000 held-out easy-VQA test questions, and bench/learning_seeds_report.py
 # writes $OUT/learning.json (every seed, mean, minimum) and $OUT/learning_lora.json (the LoRA stage's view).
-# Not yet a recipe that learns: in call 20 (PRE=2 LORA=2.5, seed 1) it reached 0.672; bench/learning_variants.sh
-# found LoRA on this base stuck (bench/RESULTS.md, "Learning proof II"). Run it once the base is fixed.
+# Call 27 (one seed, one base, 6 + 4 minutes beside other runs): 0.883, the base's 0.93 the cap (bench/RESULTS.md).
 # CPU smoke of the whole chain: DEVICE=cpu PYTHON=.venv/bin/python N_TRAIN=200 N_TEST=40 PRE=0.3 LORA=0.3 bash ...
 set -u
 DEVICE=${DEVICE:-cuda}
@@ -22,6 +24,8 @@ SEEDS=${*:-1 2 3}
 PRE=${PRE:-5}        # minutes of open-ended pretraining
 LORA=${LORA:-10}     # minutes of LoRA fine-tuning (issue 17: within 10)
 WORKERS=${WORKERS:-3}
+BASE_FLAGS=${BASE_FLAGS-"--heads 4 --hidden_size 256 --vision_hidden_size 128 --vision_depth 4 --learning_rate 1e-3"}
+LORA_FLAGS=${LORA_FLAGS-"--restricted_loss true --learning_rate 1e-3 --label_smoothing_factor 0 --lora_r 64 --lora_alpha 64 --oversample colour=3,shape=3 --shuffle_choices true"}
 W=${WORK:-/tmp/learn}
 export OMP_NUM_THREADS=1
 mkdir -p $W/bases $W/runs $W/zs "$OUT"
@@ -29,12 +33,13 @@ $PY data/prepare_easy_vqa.py --out $W/evqa --n_train ${N_TRAIN:-0} --n_test ${N_
 one() {  # name seed [--blank_images]
   name=$1 seed=$2; shift 2
   $PY bench/pretrain_tiny.py --data_dir $W/evqa --out $W/bases/$name --device $DEVICE --minutes $PRE \
-      --batch_size 256 --learning_rate 2e-3 --workers $WORKERS --seed $seed "$@" > $OUT/pretrain_$name.log 2>&1 || return
+      --batch_size 256 --workers $WORKERS --seed $seed $BASE_FLAGS "$@" > $OUT/pretrain_$name.log 2>&1 || return
   $PY tools/zero_shot.py --config bench/learning_lora.yaml --model_name_or_path $W/bases/$name \
       --data_dir $W/evqa ${1:+--blank_images} > $OUT/zero_shot_$name.log 2>&1
   $PY train_lora.py --config bench/learning_lora.yaml --model_name_or_path $W/bases/$name --data_dir $W/evqa \
       --fold -1 --time_budget_minutes $LORA --seed $seed --dataloader_num_workers $WORKERS \
-      --output_dir $W/runs/$name ${1:+--blank_images} $([ $DEVICE = cpu ] && echo --use_cpu true) > $OUT/train_$name.log 2>&1 || return
+      --output_dir $W/runs/$name ${1:+--blank_images} $LORA_FLAGS $([ $DEVICE = cpu ] && echo --use_cpu true) \
+      > $OUT/train_$name.log 2>&1 || return
   $PY predict.py --data_dir $W/evqa --output_dir $W/runs/$name --score_oof false --batch_size 256 \
       --progress false > $OUT/predict_$name.log 2>&1
 }
@@ -46,5 +51,6 @@ done
 wait
 echo "wall time: $(( $(date +%s) - start )) s"
 $PY bench/learning_seeds_report.py --work $W --seeds $SEEDS --pre $PRE --lora $LORA \
-    --command "PRE=$PRE LORA=$LORA WORKERS=$WORKERS bash bench/learning_seeds.sh $SEEDS" --out "$OUT"
+    --command "PRE=$PRE LORA=$LORA WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' bash bench/learning_seeds.sh $SEEDS" \
+    --out "$OUT"
 for f in $OUT/train_*.log $OUT/pretrain_*.log; do echo "== $f"; grep -E "^full|rror|open-ended" $f | tail -2; done

@@ -87,8 +87,9 @@ def main():
                           "shared one GPU with the others"}
     lora = {**common, "lora_minutes": a.lora,
             "note": "the base: bench/pretrain_tiny.py's open-ended model (never saw options or letters); "
-                    "zero-shot: its restricted a-d accuracy before LoRA (tools/zero_shot.py); then train_lora.py's "
-                    "defaults (LoRA on the language model, frozen vision tower, full-vocabulary loss, smoothing 0.1)",
+                    "zero-shot: its restricted a-d accuracy before LoRA (tools/zero_shot.py); then train_lora.py with "
+                    "bench/learning_lora.yaml and the command's LORA_FLAGS (LoRA on the language model, frozen "
+                    "vision tower; the loss and rate as LORA_FLAGS set them)",
             "seeds": [{k: s[k] for k in ("seed", "base_zero_shot_letter_accuracy", "base_open_ended_accuracy",
                                          "accuracy", "accuracy_by_type", "blank_image_accuracy", "margin_over_blank",
                                          "meets_targets")} | {"lora_minutes_run": runs[f"seed{s['seed']}"].get(

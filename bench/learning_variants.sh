@@ -5,9 +5,13 @@
 # held-out test questions. Writes $OUT/variants.json (accuracy by type per variant) and the logs.
 #   PRE=2.5 LORA=4 bash bench/learning_variants.sh             call 21's set: head counts, depth, rates, losses
 #   SET=tied PRE=2.5 LORA=4 bash bench/learning_variants.sh    tied input/output embeddings, LoRA rank 64
+#   SET=fullrate bash bench/learning_variants.sh               LoRA with the full fine-tune's loss and rate
+#                                                              (restricted, lr 1e-3, no smoothing); the base kept in OUT
+#   SET=bigbase PRE=6 bash bench/learning_variants.sh          the learning proof's shape as a base (hidden 256, vision
+#                                                              128 x 4) at two pretraining rates, then fullrate's LoRA
 set -u
 PRE=${PRE:-2.5} LORA=${LORA:-4} W=${WORK:-/tmp/variants} SET=${SET:-call21}
-case $SET in call21|tied) ;; *) echo "error: SET=$SET: expected call21 or tied"; exit 2 ;; esac
+case $SET in call21|tied|fullrate|bigbase) ;; *) echo "error: SET=$SET: expected call21, tied, fullrate or bigbase"; exit 2 ;; esac
 source bench/gpu_env.sh
 export OMP_NUM_THREADS=1
 mkdir -p $W/bases $W/runs "$OUT"
@@ -18,6 +22,12 @@ if [ $SET = tied ]; then
   # Tied embeddings (as Qwen2.5-VL-3B): copying a letter from its option line lands on that letter's output row.
   base h4t --heads 4 --tie_embeddings &
   base h4 --heads 4 &
+elif [ $SET = fullrate ]; then
+  base h4 --heads 4 &
+elif [ $SET = bigbase ]; then
+  BIG="--heads 4 --hidden_size 256 --vision_hidden_size 128 --vision_depth 4"
+  base b256 $BIG &
+  base b256_lr1e-3 $BIG --learning_rate 1e-3 &
 else
   base h2 --heads 2 &   # make_tiny_model's own 2 query heads (1 key/value head would need GQA: 2 = 2 kv heads here)
   base h4 --heads 4 &
@@ -34,6 +44,17 @@ if [ $SET = tied ]; then
   lora h4t_r64 h4t $OS --lora_r 64 --lora_alpha 128 &
   lora h4_r64 h4 $OS --lora_r 64 --lora_alpha 128 &
   lora h4t_restricted h4t $OS --learning_rate 5e-3 --restricted_loss true &
+elif [ $SET = fullrate ]; then
+  lora h4_restricted_1e-3 h4 $OS --restricted_loss true --learning_rate 1e-3 --label_smoothing_factor 0 &
+  lora h4_restricted_1e-3_r64 h4 $OS --restricted_loss true --learning_rate 1e-3 --label_smoothing_factor 0 \
+    --lora_r 64 --lora_alpha 64 &
+  # the base comes back with the logs, for bench/letter_margin.py on the CPU
+  cp -r $W/bases "$OUT/" &
+elif [ $SET = bigbase ]; then
+  FR="--restricted_loss true --learning_rate 1e-3 --label_smoothing_factor 0 --lora_r 64 --lora_alpha 64"
+  lora b256_r64 b256 $OS $FR &
+  lora b256_lr1e-3_r64 b256_lr1e-3 $OS $FR &
+  cp -r $W/bases "$OUT/" &
 else
   lora h2_lr2e-3 h2 $OS &
   lora h2_lr5e-3 h2 $OS --learning_rate 5e-3 &

@@ -332,6 +332,35 @@ def test_distilled_student_trains_from_an_out_of_fold_teacher(tiny_model, easy_v
     assert not set(oof["id"]) & set(test_ids)
 
 
+def test_an_oracle_teacher_reaches_the_loss_on_the_supervised_letter(tiny_model, easy_vqa_dir, tmp_path,
+                                                                    monkeypatch):
+    """End to end through train_lora.main, with shuffled options, oversampled rows and a dataloader worker: a
+    teacher that puts 0.97 on each row's answer arrives in every training batch with its argmax on the letter
+    the labels supervise (a misaligned row, batch or option order would show as disagreement)."""
+    import mcvqa.trainer
+    from mcvqa.scoring import target_letters
+
+    rows = read(easy_vqa_dir / "train.csv")
+    p = np.full((len(rows), 4), 0.01)
+    p[np.arange(len(rows)), rows["answer"].map(LETTERS.index)] = 0.97
+    oracle = tmp_path / "oracle.csv"
+    pd.DataFrame({"id": rows["id"], **{l: p[:, i] for i, l in enumerate(LETTERS)}}).to_csv(oracle, index=False)
+    agreement, loss = [], mcvqa.trainer.second_round_loss
+
+    def spy(logits, targets, letters, inputs, letter_ids, *args):
+        taught = inputs["teacher_probs"].argmax(-1) == target_letters(inputs, letter_ids)
+        agreement.append(taught[inputs["teacher_mask"]].tolist())
+        return loss(logits, targets, letters, inputs, letter_ids, *args)
+
+    monkeypatch.setattr(mcvqa.trainer, "second_round_loss", spy)
+    train_fold(tiny_model, easy_vqa_dir, tmp_path / "student", 1, "--max_steps", "6", "--eval_strategy", "no",
+               "--save_strategy", "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "0",
+               "--shuffle_choices", "--oversample", "colour=3,shape=2", "--dataloader_num_workers", "1",
+               "--teacher_probs", str(oracle), "--distill_alpha", "0.5", "--restricted_loss", "true")
+    assert len(agreement) == 6 and all(len(batch) == 8 for batch in agreement)
+    assert all(all(batch) for batch in agreement)
+
+
 def test_flag_combinations_are_checked(tiny_model, easy_vqa_dir, tmp_path, capsys):
     base = base_argv(tiny_model, easy_vqa_dir, tmp_path / "x", 1)
     err = exit_message([*base, "--swa_start", "0.5"], capsys)
