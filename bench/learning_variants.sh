@@ -35,6 +35,7 @@ else
 fi
 wait
 OS="--oversample colour=3,shape=3 --shuffle_choices true"
+FR="--restricted_loss true --learning_rate 1e-3 --label_smoothing_factor 0"  # the full fine-tune's loss and rate
 lora() { name=$1 b=$2; shift 2; python3 train_lora.py --config bench/learning_lora.yaml --model_name_or_path $W/bases/$b \
     --data_dir $W/evqa --fold -1 --time_budget_minutes $LORA --seed 1 --dataloader_num_workers 1 \
     --output_dir $W/runs/$name "$@" > $OUT/train_$name.log 2>&1 && python3 predict.py --data_dir $W/evqa \
@@ -45,15 +46,13 @@ if [ $SET = tied ]; then
   lora h4_r64 h4 $OS --lora_r 64 --lora_alpha 128 &
   lora h4t_restricted h4t $OS --learning_rate 5e-3 --restricted_loss true &
 elif [ $SET = fullrate ]; then
-  lora h4_restricted_1e-3 h4 $OS --restricted_loss true --learning_rate 1e-3 --label_smoothing_factor 0 &
-  lora h4_restricted_1e-3_r64 h4 $OS --restricted_loss true --learning_rate 1e-3 --label_smoothing_factor 0 \
-    --lora_r 64 --lora_alpha 64 &
+  lora h4_restricted_1e-3 h4 $OS $FR &
+  lora h4_restricted_1e-3_r64 h4 $OS $FR --lora_r 64 --lora_alpha 64 &
   # the base comes back with the logs, for bench/letter_margin.py on the CPU
   cp -r $W/bases "$OUT/" &
 elif [ $SET = bigbase ]; then
-  FR="--restricted_loss true --learning_rate 1e-3 --label_smoothing_factor 0 --lora_r 64 --lora_alpha 64"
-  lora b256_r64 b256 $OS $FR &
-  lora b256_lr1e-3_r64 b256_lr1e-3 $OS $FR &
+  lora b256_r64 b256 $OS $FR --lora_r 64 --lora_alpha 64 &
+  lora b256_lr1e-3_r64 b256_lr1e-3 $OS $FR --lora_r 64 --lora_alpha 64 &
   cp -r $W/bases "$OUT/" &
 else
   lora h2_lr2e-3 h2 $OS &

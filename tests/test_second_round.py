@@ -3,7 +3,8 @@
 
 What each test holds the code to: test rows never reach oof.csv and never change a fold's validation rows;
 a pseudo-labelled row is supervised with its letter (and its soft target follows its options) under
---shuffle_choices; the distillation loss is the formula; in-fold teacher predictions are refused; a run
+--shuffle_choices; the distillation loss is the formula, and an oracle teacher reaches it on the supervised
+letter through train_lora.main; in-fold teacher predictions are refused; a run
 resumed from a checkpoint ends with the same averaged weights as an uninterrupted one.
 """
 
