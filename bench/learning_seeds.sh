@@ -9,6 +9,9 @@
 #      default call 27's recipe, the 4-way restricted loss at 1e-3 without smoothing, r64, colour/shape oversampled
 #      3x, options shuffled. train_lora.py's own defaults (full-vocabulary loss, smoothing 0.1) did not teach the
 #      format to a tiny base (0.42-0.67, calls 20-24); LORA_FLAGS= (empty) runs them.
+#   2'. FULL=M (default 0: off) also fully fine-tunes the same base for M minutes with the learning proof's settings
+#      (bench/learning.yaml: restricted loss, lr 1e-3, vision tower trained), beside the LoRA stage: item 1's
+#      from-scratch curriculum, PRE + FULL minutes from random weights (e.g. PRE=8 FULL=7 for its 15 minutes).
 # Before stage 2, tools/zero_shot.py scores the base as it is (restricted a-d letters): what the format alone gives.
 # Every seed has a blank-image twin (both stages with grey images: what the question text alone allows). All runs
 # share the GPU. predict.py scores the 2,000 held-out easy-VQA test questions, and bench/learning_seeds_report.py
@@ -23,6 +26,7 @@ OUT=${OUT:-/tmp/out}
 SEEDS=${*:-1 2 3}
 PRE=${PRE:-5}        # minutes of open-ended pretraining
 LORA=${LORA:-10}     # minutes of LoRA fine-tuning (issue 17: within 10)
+FULL=${FULL:-0}      # minutes of full fine-tuning from the same base (0: none)
 WORKERS=${WORKERS:-3}
 BASE_FLAGS=${BASE_FLAGS-"--heads 4 --hidden_size 256 --vision_hidden_size 128 --vision_depth 4 --learning_rate 1e-3"}
 LORA_FLAGS=${LORA_FLAGS-"--restricted_loss true --learning_rate 1e-3 --label_smoothing_factor 0 --lora_r 64 --lora_alpha 64 --oversample colour=3,shape=3 --shuffle_choices true"}
@@ -36,12 +40,18 @@ one() {  # name seed [--blank_images]
       --batch_size 256 --workers $WORKERS --seed $seed $BASE_FLAGS "$@" > $OUT/pretrain_$name.log 2>&1 || return
   $PY tools/zero_shot.py --config bench/learning_lora.yaml --model_name_or_path $W/bases/$name \
       --data_dir $W/evqa ${1:+--blank_images} > $OUT/zero_shot_$name.log 2>&1
-  $PY train_lora.py --config bench/learning_lora.yaml --model_name_or_path $W/bases/$name --data_dir $W/evqa \
-      --fold -1 --time_budget_minutes $LORA --seed $seed --dataloader_num_workers $WORKERS \
-      --output_dir $W/runs/$name ${1:+--blank_images} $LORA_FLAGS $([ $DEVICE = cpu ] && echo --use_cpu true) \
-      > $OUT/train_$name.log 2>&1 || return
-  $PY predict.py --data_dir $W/evqa --output_dir $W/runs/$name --score_oof false --batch_size 256 \
-      --progress false > $OUT/predict_$name.log 2>&1
+  [ "$FULL" != 0 ] && stage full_$name $seed --config bench/learning.yaml --time_budget_minutes $FULL \
+      --model_name_or_path $W/bases/$name ${1:+--blank_images} &
+  stage $name $seed --config bench/learning_lora.yaml --time_budget_minutes $LORA \
+      --model_name_or_path $W/bases/$name ${1:+--blank_images} $LORA_FLAGS
+  wait
+}
+stage() {  # run seed train_lora flags...: train on all train questions, then score the held-out test questions
+  run=$1 seed=$2; shift 2
+  $PY train_lora.py "$@" --data_dir $W/evqa --fold -1 --seed $seed --dataloader_num_workers $WORKERS \
+      --output_dir $W/runs/$run $([ $DEVICE = cpu ] && echo --use_cpu true) > $OUT/train_$run.log 2>&1 || return
+  $PY predict.py --data_dir $W/evqa --output_dir $W/runs/$run --score_oof false --batch_size 256 \
+      --progress false > $OUT/predict_$run.log 2>&1
 }
 start=$(date +%s)
 for s in $SEEDS; do
@@ -50,7 +60,7 @@ for s in $SEEDS; do
 done
 wait
 echo "wall time: $(( $(date +%s) - start )) s"
-$PY bench/learning_seeds_report.py --work $W --seeds $SEEDS --pre $PRE --lora $LORA \
-    --command "PRE=$PRE LORA=$LORA WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' bash bench/learning_seeds.sh $SEEDS" \
+$PY bench/learning_seeds_report.py --work $W --seeds $SEEDS --pre $PRE --lora $LORA --full $FULL \
+    --command "PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' bash bench/learning_seeds.sh $SEEDS" \
     --out "$OUT"
 for f in $OUT/train_*.log $OUT/pretrain_*.log; do echo "== $f"; grep -E "^full|rror|open-ended" $f | tail -2; done

@@ -1,7 +1,8 @@
 """Summarise bench/learning_seeds.sh: every seed's run, its blank-image twin, the mean and the minimum.
 
-Writes OUT/learning.json (issue 17 item 1: from random weights, pretraining + LoRA on one clock) and
-OUT/learning_lora.json (item 2: the base's zero-shot letter accuracy, then what train_lora.py's LoRA made of it).
+Writes OUT/learning.json (issue 17 item 1: from random weights, pretraining then the full fine-tune on one clock
+when FULL ran, else pretraining then LoRA) and OUT/learning_lora.json (item 2: the base's zero-shot letter
+accuracy, then what train_lora.py's LoRA made of it).
 """
 
 import argparse
@@ -23,12 +24,59 @@ def zero_shot(log):
     return float(found.group(1)) if found else None
 
 
+def run_entry(work, out, stage, base_name, answers, types):
+    """One run of learning_seeds.sh: its base's pretraining, the base's zero-shot letter accuracy and, once
+    scored, the second stage (`stage` "" = LoRA, "full_" = full fine-tune) on the held-out questions."""
+    run = work / "runs" / (stage + base_name)
+    entry = {"finished": (run / "full/test_probs.csv").is_file()}
+    base = work / "bases" / base_name / "pretraining.json"
+    if base.is_file():
+        p = json.loads(base.read_text())
+        entry["pretraining"] = {k: p[k] for k in ("minutes", "steps", "rows_seen", "final_loss",
+                                                   "open_ended_test_accuracy",
+                                                   "open_ended_test_accuracy_by_type", "command")}
+    entry["zero_shot_letter_accuracy"] = zero_shot(out / f"zero_shot_{base_name}.log")
+    if entry["finished"]:
+        entry["stage"] = describe(run, answers, types)
+        entry["accuracy"] = entry["stage"]["accuracy"]
+        entry["minutes_total"] = entry["stage"]["minutes"] + entry.get("pretraining", {}).get("minutes", 0)
+    return entry
+
+
+def seed_summary(runs, stage, seed):
+    """A seed's run of one stage against its blank-image twin, and whether it meets issue 17's targets."""
+    main_run, blank = runs[f"{stage}seed{seed}"], runs[f"{stage}blank{seed}"]
+    acc, blank_acc = main_run.get("accuracy"), blank.get("accuracy")
+    by_type = main_run["stage"]["accuracy_by_type"] if main_run["finished"] else {}
+    return {
+        "seed": int(seed), "accuracy": acc, "accuracy_by_type": by_type,
+        "blank_image_accuracy": blank_acc,
+        "blank_image_accuracy_by_type": blank["stage"]["accuracy_by_type"] if blank["finished"] else None,
+        "margin_over_blank": None if acc is None or blank_acc is None else acc - blank_acc,
+        "minutes_total": main_run.get("minutes_total"),
+        "base_zero_shot_letter_accuracy": main_run["zero_shot_letter_accuracy"],
+        "base_open_ended_accuracy": main_run.get("pretraining", {}).get("open_ended_test_accuracy"),
+        "meets_targets": acc is not None and acc >= TARGET and all(v >= TYPE_TARGET for v in by_type.values())
+        and blank_acc is not None and acc - blank_acc >= MARGIN,
+    }
+
+
+def headline(seeds):
+    """Every seed's accuracy summarised: the minimum (None unless every seed finished), the mean, the verdict."""
+    accs = [s["accuracy"] for s in seeds]
+    done = [x for x in accs if x is not None]
+    return {"minimum_accuracy": min(done) if len(done) == len(accs) else None,
+            "mean_accuracy": sum(done) / len(done) if done else None,
+            "every_seed_meets_targets": all(s["meets_targets"] for s in seeds)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--work", required=True, help="learning_seeds.sh's work folder (evqa/, bases/, runs/)")
     ap.add_argument("--seeds", nargs="+", required=True)
     ap.add_argument("--pre", type=float, required=True, help="pretraining minutes per run")
     ap.add_argument("--lora", type=float, required=True, help="LoRA minutes per run")
+    ap.add_argument("--full", type=float, default=0, help="full fine-tune minutes per run (0: that stage did not run)")
     ap.add_argument("--command", required=True)
     ap.add_argument("--out", required=True, help="folder for learning.json and learning_lora.json")
     a = ap.parse_args()
@@ -38,54 +86,27 @@ def main():
     answers = pd.read_csv(work / "evqa/test_answers.csv", dtype=str).set_index("id")["answer"]
     types = pd.read_csv(work / "evqa/test.csv", dtype=str).set_index("id").loc[answers.index, "type"]
     runs = {}
+    stages = ("", "full_") if a.full else ("",)
     for seed in a.seeds:
-        for name in (f"seed{seed}", f"blank{seed}"):
-            run = work / "runs" / name
-            entry = {"finished": (run / "full/test_probs.csv").is_file()}
-            base = work / "bases" / name / "pretraining.json"
-            if base.is_file():
-                p = json.loads(base.read_text())
-                entry["pretraining"] = {k: p[k] for k in ("minutes", "steps", "rows_seen", "final_loss",
-                                                           "open_ended_test_accuracy",
-                                                           "open_ended_test_accuracy_by_type", "command")}
-            entry["zero_shot_letter_accuracy"] = zero_shot(out / f"zero_shot_{name}.log")
-            if entry["finished"]:
-                entry["lora"] = describe(run, answers, types)
-                entry["accuracy"] = entry["lora"]["accuracy"]
-                entry["minutes_total"] = entry["lora"]["minutes"] + entry.get("pretraining", {}).get("minutes", 0)
-            runs[name] = entry
-    seeds = []
-    for seed in a.seeds:
-        main_run, blank = runs[f"seed{seed}"], runs[f"blank{seed}"]
-        acc, blank_acc = main_run.get("accuracy"), blank.get("accuracy")
-        by_type = main_run["lora"]["accuracy_by_type"] if main_run["finished"] else {}
-        seeds.append({
-            "seed": int(seed), "accuracy": acc, "accuracy_by_type": by_type,
-            "blank_image_accuracy": blank_acc,
-            "blank_image_accuracy_by_type": blank["lora"]["accuracy_by_type"] if blank["finished"] else None,
-            "margin_over_blank": None if acc is None or blank_acc is None else acc - blank_acc,
-            "minutes_total": main_run.get("minutes_total"),
-            "base_zero_shot_letter_accuracy": main_run["zero_shot_letter_accuracy"],
-            "base_open_ended_accuracy": main_run.get("pretraining", {}).get("open_ended_test_accuracy"),
-            "meets_targets": acc is not None and acc >= TARGET and all(v >= TYPE_TARGET for v in by_type.values())
-            and blank_acc is not None and acc - blank_acc >= MARGIN,
-        })
-    accs = [s["accuracy"] for s in seeds]
-    done = [x for x in accs if x is not None]
+        for stage in stages:
+            for base_name in (f"seed{seed}", f"blank{seed}"):
+                runs[stage + base_name] = run_entry(work, out, stage, base_name, answers, types)
+    summaries = {stage: [seed_summary(runs, stage, seed) for seed in a.seeds] for stage in stages}
     common = {
         "n_test": int(len(answers)), "seeds_run": [int(s) for s in a.seeds],
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "concurrent_runs_on_the_gpu": len(runs), "command": a.command,
-        "minimum_accuracy": min(done) if len(done) == len(accs) else None,
-        "mean_accuracy": sum(done) / len(done) if done else None,
-        "every_seed_meets_targets": all(s["meets_targets"] for s in seeds),
         "targets": f"accuracy >= {TARGET}, every question type >= {TYPE_TARGET}, >= {MARGIN:.2f} over the blank twin",
     }
-    learning = {**common, "pretrain_minutes": a.pre, "lora_minutes": a.lora, "seeds": seeds, "runs": runs,
+    # Item 1 (from random weights): pretraining then the full fine-tune when FULL ran, else pretraining then LoRA.
+    item1 = "full_" if a.full else ""
+    second = (f"{a.full:g} min full fine-tune (train_lora.py, bench/learning.yaml)" if a.full else
+              f"{a.lora:g} min LoRA (train_lora.py, bench/learning_lora.yaml)")
+    learning = {**common, **headline(summaries[item1]), "pretrain_minutes": a.pre, "lora_minutes": a.lora,
+                "full_minutes": a.full, "seeds": summaries[item1], "runs": runs,
                 "recipe": f"random init -> {a.pre:g} min open-ended pretraining (bench/pretrain_tiny.py) -> "
-                          f"{a.lora:g} min LoRA (train_lora.py, bench/learning_lora.yaml) on one clock; every run "
-                          "shared one GPU with the others"}
-    lora = {**common, "lora_minutes": a.lora,
+                          f"{second} on one clock; every run shared one GPU with the others"}
+    lora = {**common, **headline(summaries[""]), "lora_minutes": a.lora,
             "note": "the base: bench/pretrain_tiny.py's open-ended model (never saw options or letters); "
                     "zero-shot: its restricted a-d accuracy before LoRA (tools/zero_shot.py); then train_lora.py with "
                     "bench/learning_lora.yaml and the command's LORA_FLAGS (LoRA on the language model, frozen "
@@ -93,7 +114,7 @@ def main():
             "seeds": [{k: s[k] for k in ("seed", "base_zero_shot_letter_accuracy", "base_open_ended_accuracy",
                                          "accuracy", "accuracy_by_type", "blank_image_accuracy", "margin_over_blank",
                                          "meets_targets")} | {"lora_minutes_run": runs[f"seed{s['seed']}"].get(
-                                             "lora", {}).get("minutes")} for s in seeds]}
+                                             "stage", {}).get("minutes")} for s in summaries[""]]}
     (out / "learning.json").write_text(json.dumps(learning, indent=2) + "\n")
     (out / "learning_lora.json").write_text(json.dumps(lora, indent=2) + "\n")
     print(json.dumps({k: v for k, v in learning.items() if k != "runs"}, indent=2))

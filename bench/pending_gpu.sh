@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # What the open issues still owe the GPU, one unattended run per line (bench/RESULTS.md says why each):
-#   one H200, ~24 device-minutes (a session's budget):
+#   one H200, ~24 device-minutes (a session's budget), issue 17 item 2:
 #     setsid nohup bash bench/pending_gpu.sh h200 > /dev/null 2>&1 < /dev/null &
-#       issue 17: bench/learning_seeds.sh 1 2 3 with call 27's recipe (bases pretrained 12 minutes, LoRA 10 minutes,
-#       a blank-image twin per seed) -> learning.json, learning_lora.json. Six runs share the GPU where call 27's
-#       0.93 base shared it with four, so each base gets fewer steps per minute: hence 12 minutes, not 6 (the
-#       issue bounds the LoRA stage at 10 minutes, not the pretraining)
+#       bench/learning_seeds.sh 1 2 3 with call 27's recipe (bases pretrained 12 minutes, LoRA 10 minutes, a
+#       blank-image twin per seed) -> learning_lora.json. Six runs share the GPU where call 27's 0.93 base shared
+#       it with four, so each base gets fewer steps per minute: hence 12 minutes, not 6 (the issue bounds the LoRA
+#       stage at 10 minutes, not the pretraining)
+#   one H200, ~20 device-minutes, issue 17 items 1 and 2 from the same bases:
+#     setsid nohup bash bench/pending_gpu.sh scratch > /dev/null 2>&1 < /dev/null &
+#       PRE=8 FULL=7 LORA=10: item 1's 15 minutes from random weights are 8 of open-ended pretraining and 7 of
+#       full fine-tuning (learning.json); beside it the LoRA stage on the same, shorter-trained bases
+#       (learning_lora.json, likely capped lower than h200's); twelve second-stage runs share the GPU and its 16
+#       cores (2 loader workers each)
 #   one H200, ~11 device-minutes:
 #     setsid nohup bash bench/pending_gpu.sh records > /dev/null 2>&1 < /dev/null &
 #       issue 14: record7b and record8b with the current tree (the host-sync removal of 2026-11-30 and the
@@ -19,7 +25,7 @@
 # folders are too large to come back whole: leave them out).
 set -u
 KIND=${1:-h200}
-case $KIND in h200|records|x2) ;; *) echo "usage: bash bench/pending_gpu.sh h200|records|x2"; exit 2 ;; esac
+case $KIND in h200|scratch|records|x2) ;; *) echo "usage: bash bench/pending_gpu.sh h200|scratch|records|x2"; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 R=/tmp/res
 mkdir -p $R
@@ -29,6 +35,9 @@ echo "start $KIND $(date -u +%H:%M:%S)"
 case $KIND in
   h200)
     OUT=$R/learning PRE=12 LORA=10 bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
+    echo "learning rc $? $(date -u +%H:%M:%S)" ;;
+  scratch)
+    OUT=$R/learning PRE=8 FULL=7 LORA=10 WORKERS=2 bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
     echo "learning rc $? $(date -u +%H:%M:%S)" ;;
   records)
     OUT=$R/o14 bash bench/issue14.sh record7b record8b > $R/issue14.log 2>&1
