@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The learning proof II (issue 17), one command on one GPU:   bash bench/learning_seeds.sh [SEEDS...]   (default 1 2 3)
-# For every seed, from random weights, two stages that share one clock of PRE + LORA minutes:
+# For every seed, from random weights, stages on one clock (PRE + LORA minutes; PRE + FULL with FULL):
 #   1. bench/pretrain_tiny.py: a tiny Qwen2.5-VL learns to answer easy-VQA questions with a word (open-ended; it
 #      never sees options or letters): the stand-in for a user's pretrained VLM. BASE_FLAGS: its shape and rate
 #      (default: the shape and rate of call 27's 0.93 base, hidden 256 x 4, vision 128 x 4, lr 1e-3);

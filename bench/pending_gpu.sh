@@ -33,12 +33,10 @@ exec >> $R/master.log 2>&1
 source bench/gpu_env.sh || { echo "installing the carried wheels failed"; exit 1; }
 echo "start $KIND $(date -u +%H:%M:%S)"
 case $KIND in
-  h200)
-    OUT=$R/learning PRE=12 LORA=10 bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
-    echo "learning rc $? $(date -u +%H:%M:%S)" ;;
-  scratch)
-    OUT=$R/learning PRE=8 FULL=7 LORA=10 WORKERS=2 bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
-    echo "learning rc $? $(date -u +%H:%M:%S)" ;;
+  h200|scratch)
+    if [ $KIND = h200 ]; then clock="PRE=12 LORA=10"; else clock="PRE=8 FULL=7 LORA=10 WORKERS=2"; fi
+    env OUT=$R/learning $clock bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
+    echo "learning ($clock) rc $? $(date -u +%H:%M:%S)" ;;
   records)
     OUT=$R/o14 bash bench/issue14.sh record7b record8b > $R/issue14.log 2>&1
     echo "issue14 rc $? $(date -u +%H:%M:%S)" ;;
