@@ -12,6 +12,8 @@
 #   2'. FULL=M (default 0: off) also fully fine-tunes the same base for M minutes with the learning proof's settings
 #      (bench/learning.yaml: restricted loss, lr 1e-3, vision tower trained), beside the LoRA stage: item 1's
 #      from-scratch curriculum, PRE + FULL minutes from random weights (e.g. PRE=8 FULL=7 for its 15 minutes).
+#   2''. ALT_FLAGS (default empty: off) also runs a second LoRA stage with these flags on each image base (not the
+#      blank twins), 1 loader worker: a variant of the recipe measured on the same bases (alt_* in the records).
 # Before stage 2, tools/zero_shot.py scores the base as it is (restricted a-d letters): what the format alone gives.
 # Every seed has a blank-image twin (both stages with grey images: what the question text alone allows). All runs
 # share the GPU. predict.py scores the 2,000 held-out easy-VQA test questions, and bench/learning_seeds_report.py
@@ -42,6 +44,8 @@ one() {  # name seed [--blank_images]
       --data_dir $W/evqa ${1:+--blank_images} > $OUT/zero_shot_$name.log 2>&1
   [ "$FULL" != 0 ] && stage full_$name $seed --config bench/learning.yaml --time_budget_minutes $FULL \
       --model_name_or_path $W/bases/$name ${1:+--blank_images} &
+  [ -n "${ALT_FLAGS:-}" ] && [ -z "${1:-}" ] && WORKERS=1 stage alt_$name $seed --config bench/learning_lora.yaml \
+      --time_budget_minutes $LORA --model_name_or_path $W/bases/$name $ALT_FLAGS &
   stage $name $seed --config bench/learning_lora.yaml --time_budget_minutes $LORA \
       --model_name_or_path $W/bases/$name ${1:+--blank_images} $LORA_FLAGS
   wait
@@ -61,6 +65,7 @@ done
 wait
 echo "wall time: $(( $(date +%s) - start )) s"
 $PY bench/learning_seeds_report.py --work $W --seeds $SEEDS --pre $PRE --lora $LORA --full $FULL \
-    --command "PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' bash bench/learning_seeds.sh $SEEDS" \
+    --command "PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' ALT_FLAGS='${ALT_FLAGS:-}' bash bench/learning_seeds.sh $SEEDS" \
+    --alt_flags "${ALT_FLAGS:-}" \
     --out "$OUT"
 for f in $OUT/train_*.log $OUT/pretrain_*.log; do echo "== $f"; grep -E "^full|rror|open-ended" $f | tail -2; done

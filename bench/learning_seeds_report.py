@@ -78,6 +78,7 @@ def main():
     ap.add_argument("--lora", type=float, required=True, help="LoRA minutes per run")
     ap.add_argument("--full", type=float, default=0, help="full fine-tune minutes per run (0: that stage did not run)")
     ap.add_argument("--command", required=True)
+    ap.add_argument("--alt_flags", default="", help="ALT_FLAGS of the variant LoRA stage (alt_*), empty if none")
     ap.add_argument("--out", required=True, help="folder for learning.json and learning_lora.json")
     a = ap.parse_args()
     import torch
@@ -115,6 +116,18 @@ def main():
                                          "accuracy", "accuracy_by_type", "blank_image_accuracy", "margin_over_blank",
                                          "meets_targets")} | {"lora_minutes_run": runs[f"seed{s['seed']}"].get(
                                              "stage", {}).get("minutes")} for s in summaries[""]]}
+    if a.alt_flags:
+        alt = []
+        for seed in a.seeds:
+            entry = run_entry(work, out, "alt_", f"seed{seed}", answers, types)
+            runs[f"alt_seed{seed}"] = entry
+            alt.append({"seed": int(seed), "accuracy": entry.get("accuracy"),
+                        "accuracy_by_type": entry.get("stage", {}).get("accuracy_by_type"),
+                        "lora_minutes_run": entry.get("stage", {}).get("minutes")})
+        lora["variant"] = {"flags": a.alt_flags, "note": "a second LoRA stage on the same image bases, 1 loader "
+                           "worker, beside the recipe's", "seeds": alt,
+                           **{k: v for k, v in headline([{**s, "meets_targets": False} for s in alt]).items()
+                              if k != "every_seed_meets_targets"}}
     (out / "learning.json").write_text(json.dumps(learning, indent=2) + "\n")
     (out / "learning_lora.json").write_text(json.dumps(lora, indent=2) + "\n")
     print(json.dumps({k: v for k, v in learning.items() if k != "runs"}, indent=2))
