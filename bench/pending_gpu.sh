@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # What the open issues still owe the GPU, one unattended run per line (bench/RESULTS.md says why each):
-#   one H200, ~24 device-minutes (a session's budget), issue 17 item 2:
+#   one H200, ~27 device-minutes (nearly a session's budget), issue 17 item 2:
 #     setsid nohup bash bench/pending_gpu.sh h200 > /dev/null 2>&1 < /dev/null &
 #       bench/learning_seeds.sh 1 2 3 with call 27's recipe (bases pretrained 12 minutes, LoRA 10 minutes, a
 #       blank-image twin per seed) -> learning_lora.json. Six runs share the GPU where call 27's 0.93 base shared
 #       it with four, so each base gets fewer steps per minute: hence 12 minutes, not 6 (the issue bounds the LoRA
-#       stage at 10 minutes, not the pretraining). Beside it, on the same image bases, ALT_FLAGS: the recipe with
-#       train_lora.py's own loss (full vocabulary, smoothing 0.1), to see whether the rate or the loss decides
+#       stage at 10 minutes, not the pretraining). Call 29 ran it with an ALT_FLAGS stage beside it (train_lora.py's
+#       own loss, which did not learn) and was lost at minute ~29, before scoring: the whole run needs ~27 minutes
+#       of a fresh machine, so start it first thing in a session and never let the polls lapse
 #   one H200, ~20 device-minutes, issue 17 items 1 and 2 from the same bases:
 #     setsid nohup bash bench/pending_gpu.sh scratch > /dev/null 2>&1 < /dev/null &
 #       PRE=8 FULL=7 LORA=10: item 1's 15 minutes from random weights are 8 of open-ended pretraining and 7 of
@@ -35,10 +36,7 @@ source bench/gpu_env.sh || { echo "installing the carried wheels failed"; exit 1
 echo "start $KIND $(date -u +%H:%M:%S)"
 case $KIND in
   h200|scratch)
-    if [ $KIND = h200 ]; then
-      clock="PRE=12 LORA=10"
-      export ALT_FLAGS="--learning_rate 1e-3 --lora_r 64 --lora_alpha 64 --oversample colour=3,shape=3 --shuffle_choices true"
-    else clock="PRE=8 FULL=7 LORA=10 WORKERS=2"; fi
+    if [ $KIND = h200 ]; then clock="PRE=12 LORA=10"; else clock="PRE=8 FULL=7 LORA=10 WORKERS=2"; fi
     env OUT=$R/learning $clock bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
     echo "learning ($clock) rc $? $(date -u +%H:%M:%S)" ;;
   records)
