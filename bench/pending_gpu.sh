@@ -36,7 +36,7 @@ source bench/gpu_env.sh || { echo "installing the carried wheels failed"; exit 1
 echo "start $KIND $(date -u +%H:%M:%S)"
 case $KIND in
   h200|scratch)
-    if [ $KIND = h200 ]; then clock="PRE=12 LORA=10"; else clock="PRE=8 FULL=7 LORA=10 WORKERS=2"; fi
+    if [ $KIND = h200 ]; then clock=${CLOCK:-"PRE=12 LORA=10"}; else clock=${CLOCK:-"PRE=8 FULL=7 LORA=10 WORKERS=2"}; fi
     env OUT=$R/learning $clock bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
     echo "learning ($clock) rc $? $(date -u +%H:%M:%S)" ;;
   records)

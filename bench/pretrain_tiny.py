@@ -147,11 +147,15 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes building batches")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--tf32", action="store_true",
+                    help="TF32 tensor cores for fp32 matmuls and convolutions on CUDA (10-bit mantissa products, fp32 sums)")
     ap.add_argument("--eval_rows", type=int, default=1000, help="test questions for the final report")
     ap.add_argument("--log_every", type=int, default=50)
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     random.seed(a.seed)
     torch.manual_seed(a.seed)
     out = Path(a.out)
