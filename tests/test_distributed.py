@@ -75,7 +75,14 @@ def fsdp_worker(model_dir, checkpoint, other_family, out):
         report["max_diff_to_base"] = max((before[k] - expected[k]).abs().max().item() for k in expected)
         report["unchanged_by_refusal"] = all(torch.equal(before[k], after_refusal[k]) for k in before)
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
+    dist.barrier()
     dist.destroy_process_group()
+    # Once in ~30 runs on the 2-core CI machine a rank aborted after its report, at interpreter teardown
+    # ("terminate called without an active exception": gloo's worker threads outliving Python, pytorch#179291's
+    # finalization crash). The report is written and the group destroyed: leave without that teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port():
