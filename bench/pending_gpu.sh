@@ -21,10 +21,14 @@
 #   nvidia-h200-x2, ~5 device-minutes:
 #     setsid nohup bash bench/pending_gpu.sh x2 > /dev/null 2>&1 < /dev/null &
 #       issue 15: bench/distributed.sh (its device_map row has not yet passed on two GPUs)
-# Everything goes under /tmp/res (progress in /tmp/res/master.log; /tmp/res/DONE at the end). The device tool
-# takes back a machine left idle for 30 s between calls, with all of it: poll with back-to-back calls
-# (`sleep 230; tail -3 /tmp/res/master.log`) and fetch in each poll (`tar czf $OUT/res.tgz -C /tmp res`; model
-# folders are too large to come back whole: leave them out).
+# CLOCK overrides h200's and scratch's minutes (call 30: CLOCK="PRE=8 LORA=6" when failed machine starts had
+# spent a quarter of the budget). Everything goes under /tmp/res, the learning runs' work folder (bases, run
+# folders) included (progress in /tmp/res/master.log; /tmp/res/DONE at the end). The device tool takes back a
+# machine left idle for 30 s between calls, with all of it: poll with back-to-back calls
+# (`sleep 230; tail -3 /tmp/res/master.log`) and fetch in each poll, weights and images left out:
+#   tar czf $OUT/res.tgz --exclude='*.safetensors' --exclude='checkpoint-*' -C /tmp res
+# so that a machine lost after prediction still leaves every run's test_probs.csv and each base's
+# pretraining.json here for bench/learning_seeds_report.py.
 set -u
 KIND=${1:-h200}
 case $KIND in h200|scratch|records|x2) ;; *) echo "usage: bash bench/pending_gpu.sh h200|scratch|records|x2"; exit 2 ;; esac
@@ -37,7 +41,7 @@ echo "start $KIND $(date -u +%H:%M:%S)"
 case $KIND in
   h200|scratch)
     if [ $KIND = h200 ]; then clock=${CLOCK:-"PRE=12 LORA=10"}; else clock=${CLOCK:-"PRE=8 FULL=7 LORA=10 WORKERS=2"}; fi
-    env OUT=$R/learning $clock bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
+    env OUT=$R/learning WORK=$R/learn $clock bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
     echo "learning ($clock) rc $? $(date -u +%H:%M:%S)" ;;
   records)
     OUT=$R/o14 bash bench/issue14.sh record7b record8b > $R/issue14.log 2>&1
