@@ -25,7 +25,7 @@
 # spent a quarter of the budget). Everything goes under /tmp/res, the learning runs' work folder (bases, run
 # folders) included (progress in /tmp/res/master.log; /tmp/res/DONE at the end). The device tool takes back a
 # machine left idle for 30 s between calls, with all of it: poll with back-to-back calls
-# (`sleep 230; tail -3 /tmp/res/master.log`) and fetch in each poll, weights and images left out:
+# (`sleep 230; tail -3 /tmp/res/master.log`) and fetch in each poll, weights left out:
 #   tar czf $OUT/res.tgz --exclude='*.safetensors' --exclude='checkpoint-*' -C /tmp res
 # so that a machine lost after prediction still leaves every run's test_probs.csv and each base's
 # pretraining.json here for bench/learning_seeds_report.py.
