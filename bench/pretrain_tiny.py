@@ -37,7 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from collator import MCVQACollator, rope_positions  # noqa: E402
 from mcvqa.data import load_split  # noqa: E402
-from mcvqa.modeling import load_processor  # noqa: E402
+from mcvqa.modeling import load_model, load_processor  # noqa: E402
 from mcvqa.scoring import answer_logits, answer_position  # noqa: E402
 from mcvqa.trainer import time_schedule  # noqa: E402
 from tools.make_tiny_model import make_tiny_model  # noqa: E402
@@ -147,6 +147,9 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes building batches")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--batched_vision_attention", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                    help="one attention call per vision layer for the whole batch (mcvqa.fast_vision; exact), not "
+                         "one per image: the calls bench/learning_seeds.sh's tiny bases spent their steps on")
     ap.add_argument("--tf32", action="store_true",
                     help="TF32 tensor cores for fp32 matmuls and convolutions on CUDA (10-bit mantissa products, fp32 sums)")
     ap.add_argument("--eval_rows", type=int, default=1000, help="test questions for the final report")
@@ -162,11 +165,10 @@ def main(argv=None):
     make_tiny_model("qwen2_5_vl", out, hidden_size=a.hidden_size, num_layers=a.num_layers,
                     vision_hidden_size=a.vision_hidden_size, vision_depth=a.vision_depth,
                     min_pixels=a.pixels, max_pixels=a.pixels, seed=a.seed)
-    from transformers import AutoModelForImageTextToText
-
     with_heads(out, a.heads, a.seed, a.tie_embeddings)
     processor = load_processor(out)
-    model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32, attn_implementation="sdpa")
+    model, _ = load_model(out, precision="fp32", attn_implementation="sdpa", full_finetune=True, liger="false",
+                          batched_vision_attention=a.batched_vision_attention)
     model.to(a.device).train()
 
     train = open_ended(load_split(a.data_dir, "train"))
