@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from transformers.hf_argparser import string_to_bool  # noqa: E402
 
 from collator import MCVQACollator, rope_positions  # noqa: E402
 from mcvqa.data import load_split  # noqa: E402
@@ -147,7 +148,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes building batches")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    ap.add_argument("--batched_vision_attention", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+    ap.add_argument("--batched_vision_attention", type=string_to_bool, default=True,
                     help="one attention call per vision layer for the whole batch (mcvqa.fast_vision; exact), not "
                          "one per image: the calls bench/learning_seeds.sh's tiny bases spent their steps on")
     ap.add_argument("--tf32", action="store_true",
