@@ -1,13 +1,22 @@
-"""One attention call per vision layer instead of one per image (or window).
+"""One attention call per vision layer instead of one per image (or window), and the vision tower's index
+arithmetic done once per batch shape instead of once per image and step.
 
 Without flash-attention, transformers' Qwen-VL vision towers split the packed patch sequence at
 `cu_seqlens` and call SDPA once per image, and Qwen2.5-VL once per window: 14,520 calls in one training
 step of a 7B model at batch 16, each a kernel launch plus Python. When every chunk has the same length
 (a fixed image size, the usual case in a competition), the chunks are a batch: reshape and make one call.
 Other cases fall through to the original code, so results never change, only the number of launches.
+
+The towers also rebuild, every forward, integer tensors that depend on nothing but the images' patch grids
+(`grid_thw`): rotary position ids and Qwen2.5-VL's window order, in a Python loop of ~27 ops an image (about
+7,000 of the 10,565 ops of a tiny model's step at batch 256: bench/count_ops.py). `cache_vision_indices`
+keeps the last few results per grid, so a batch of the same shapes reuses them.
 """
 
+import functools
+import importlib
 import sys
+from collections import OrderedDict
 
 import torch.nn.functional as F
 
@@ -40,3 +49,55 @@ def patch_vision_attention(model):
             module.forward = _batched_forward.__get__(module)
             count += 1
     return count
+
+
+# transformers.vision_utils' per-image loops, as each Qwen-VL modeling module imported them (5.17 and 5.25 alike),
+# and the kwargs through which a caller may hand their results in (then the original runs: it pops them).
+_INDEX_FUNCTIONS = {"get_vision_position_ids": ("position_ids",),
+                    "get_vision_window_index": ("window_index", "cu_window_seqlens")}
+_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+_CACHED = "_mcvqa_uncached"
+
+
+def _memoised(fn, precomputed, size=16):
+    results = OrderedDict()
+
+    @functools.wraps(fn)
+    def cached(grid_thw, *args, kwargs=None, **named):
+        settings = args + tuple(sorted(named.items()))
+        if (kwargs is not None and any(k in kwargs for k in precomputed)) or any(
+                not isinstance(v, (int, bool, str)) for v in args + tuple(named.values())):
+            return fn(grid_thw, *args, kwargs=kwargs, **named)
+        key = (str(grid_thw.device), tuple(grid_thw.flatten().tolist()), settings)
+        if key in results:
+            results.move_to_end(key)
+        else:
+            results[key] = fn(grid_thw, *args, kwargs=kwargs, **named)
+            if len(results) > size:
+                results.popitem(last=False)
+        return results[key]
+
+    setattr(cached, _CACHED, fn)
+    return cached
+
+
+def cache_vision_indices(enable=True):
+    """Memoise the vision towers' grid-only index functions in every Qwen-VL modeling module (process-wide:
+    they are module functions); `enable=False` restores the originals. Returns the modules changed."""
+    changed = []
+    for family in _FAMILIES:
+        try:
+            module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        except ImportError:
+            continue
+        for name, precomputed in _INDEX_FUNCTIONS.items():
+            current = getattr(module, name, None)
+            if current is None:
+                continue
+            original = getattr(current, _CACHED, current)
+            wanted = _memoised(original, precomputed) if enable else original
+            if enable == hasattr(current, _CACHED):
+                continue
+            setattr(module, name, wanted)
+            changed.append(f"{family}.{name}")
+    return changed

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from collator import MCVQACollator, rope_positions
-from mcvqa.fast_vision import patch_vision_attention
+from mcvqa.fast_vision import cache_vision_indices, patch_vision_attention
 
 KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
@@ -42,6 +42,67 @@ def test_batched_vision_attention_is_exact_and_makes_one_call_per_layer(tiny_mod
     assert torch.allclose(out, ref, atol=1e-5)
     layers = model.config.vision_config.depth + model.config.text_config.num_hidden_layers
     assert len(calls) == layers < before
+
+
+@pytest.fixture
+def uncached(monkeypatch):
+    """The index functions as transformers has them (load_model caches them process-wide), restored afterwards."""
+    import importlib
+
+    modules = {}
+    for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
+        module = modules[family] = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        for name in ("get_vision_position_ids", "get_vision_window_index"):
+            if hasattr(module, name):
+                current = getattr(module, name)
+                monkeypatch.setattr(module, name, getattr(current, "_mcvqa_uncached", current))
+    return modules
+
+
+@pytest.mark.parametrize("arch,pixels", [("qwen2_vl", 56 * 56), ("qwen2_5_vl", 224 * 224), ("qwen3_vl", 64 * 64)])
+def test_cached_vision_indices_are_exact_and_computed_once_per_grid(tiny_models, rows, arch, pixels, uncached,
+                                                                    monkeypatch):
+    from mcvqa.modeling import load_processor
+
+    module = uncached[arch]
+    computed = []
+    for name in ("get_vision_position_ids", "get_vision_window_index"):
+        if hasattr(module, name):
+            real = getattr(module, name)
+            monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: computed.append(_name) or _real(*a, **k))
+    model = _setup(tiny_models, arch, pixels)[1]
+    # Two image sizes: a cached result must never serve a grid it was not computed for.
+    batches = [MCVQACollator(load_processor(tiny_models[arch], p, p), p, p)(rows) for p in (pixels, 4 * pixels)]
+    with torch.no_grad():
+        refs = [model(**{k: b[k] for k in KEYS}).logits for b in batches]
+        per_forward = len(computed)
+        assert per_forward >= 2
+        assert cache_vision_indices(), "nothing was cached"
+        computed.clear()
+        try:
+            outs = [model(**{k: b[k] for k in KEYS}).logits for b in batches for _ in range(3)]
+        finally:
+            cache_vision_indices(False)
+    assert len(computed) == per_forward  # once per grid, not once per forward
+    for i, out in enumerate(outs):
+        assert torch.equal(out, refs[i // 3])
+
+
+def test_cached_vision_indices_hand_precomputed_values_through(uncached):
+    m = uncached["qwen2_5_vl"]
+    grid = torch.tensor([[1, 4, 4]])
+    cache_vision_indices()
+    try:
+        given = torch.arange(32).reshape(16, 2)
+        kwargs = {"position_ids": given, "other": 1}
+        assert m.get_vision_position_ids(grid, 2, kwargs=kwargs) is given
+        assert kwargs == {"other": 1}  # popped, as the original does, so the blocks never see it
+        first = m.get_vision_position_ids(grid, 2)
+        assert m.get_vision_position_ids(grid, 2) is first
+        assert m.get_vision_position_ids(grid, 1) is not first  # another setting, another entry
+    finally:
+        cache_vision_indices(False)
+    assert not hasattr(m.get_vision_position_ids, "_mcvqa_uncached")
 
 
 @pytest.mark.parametrize("arch,pixels", [("qwen2_vl", 56 * 56), ("qwen2_5_vl", 56 * 56), ("qwen3_vl", 64 * 64)])
