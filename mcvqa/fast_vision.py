@@ -18,6 +18,7 @@ import importlib
 import sys
 from collections import OrderedDict
 
+import torch
 import torch.nn.functional as F
 
 _PATCHED = "_mcvqa_original_forward"
@@ -72,7 +73,11 @@ def _memoised(fn, precomputed, size=16):
         if key in results:
             results.move_to_end(key)
         else:
-            results[key] = fn(grid_thw, *args, kwargs=kwargs, **named)
+            # Normal tensors even when first made under predict's or evaluation's inference_mode: a training step
+            # that reuses them saves the window order for backward (mcvqa.scoring.letter_index does the same).
+            with torch.inference_mode(False):
+                grid = grid_thw.clone() if grid_thw.is_inference() else grid_thw
+                results[key] = fn(grid, *args, kwargs=kwargs, **named)
             if len(results) > size:
                 results.popitem(last=False)
         return results[key]

@@ -88,6 +88,23 @@ def test_cached_vision_indices_are_exact_and_computed_once_per_grid(tiny_models,
         assert torch.equal(out, refs[i // 3])
 
 
+def test_cached_vision_indices_first_made_for_prediction_serve_training(tiny_models, rows, uncached):
+    """predict's and evaluation's inference_mode must not leave inference tensors that a training step saves."""
+    from mcvqa.modeling import load_processor
+
+    processor, model = _setup(tiny_models, "qwen2_5_vl", 56 * 56)
+    collator = MCVQACollator(processor, 56 * 56, 56 * 56)
+    cache_vision_indices()
+    try:
+        with torch.inference_mode():
+            model(**{k: collator(rows)[k] for k in KEYS})
+        model.train()
+        model(**{k: collator(rows)[k] for k in KEYS}).logits.sum().backward()  # the window order is saved here
+    finally:
+        cache_vision_indices(False)
+    assert model.model.visual.patch_embed.proj.weight.grad is not None
+
+
 def test_cached_vision_indices_hand_precomputed_values_through(uncached):
     m = uncached["qwen2_5_vl"]
     grid = torch.tensor([[1, 4, 4]])
