@@ -149,8 +149,10 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--batched_vision_attention", type=string_to_bool, default=True,
-                    help="one attention call per vision layer for the whole batch (mcvqa.fast_vision; exact), not "
-                         "one per image: the calls bench/learning_seeds.sh's tiny bases spent their steps on")
+                    help="load_model's vision fast paths (mcvqa.fast_vision; exact): one attention call per vision "
+                         "layer for the whole batch, not one per image, and the grid-only index arithmetic done once "
+                         "per grid: the ops bench/learning_seeds.sh's tiny bases spent their steps on "
+                         "(bench/count_ops.py)")
     ap.add_argument("--tf32", action="store_true",
                     help="TF32 tensor cores for fp32 matmuls and convolutions on CUDA (10-bit mantissa products, fp32 sums)")
     ap.add_argument("--eval_rows", type=int, default=1000, help="test questions for the final report")
