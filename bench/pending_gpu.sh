@@ -7,7 +7,10 @@
 #       it with four, so each base gets fewer steps per minute: hence 12 minutes, not 6 (the issue bounds the LoRA
 #       stage at 10 minutes, not the pretraining). Call 29 ran it with an ALT_FLAGS stage beside it (train_lora.py's
 #       own loss, which did not learn) and was lost at minute ~29, before scoring: the whole run needs ~27 minutes
-#       of a fresh machine, so start it first thing in a session and never let the polls lapse
+#       of a fresh machine, so start it first thing in a session and never let the polls lapse. Call 30 ran
+#       CLOCK="PRE=8 LORA=6" after failed starts (min 0.704: the shorter pretraining makes weaker bases). Since
+#       then pretrain_tiny.py has load_model's vision fast paths (2,113 ops a step, not 19,785): compare the
+#       steps in each base's pretraining.json with calls 29-30's ~145 a minute
 #   one H200, ~20 device-minutes, issue 17 items 1 and 2 from the same bases:
 #     setsid nohup bash bench/pending_gpu.sh scratch > /dev/null 2>&1 < /dev/null &
 #       PRE=8 FULL=7 LORA=10: item 1's 15 minutes from random weights are 8 of open-ended pretraining and 7 of
