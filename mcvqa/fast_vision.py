@@ -57,7 +57,7 @@ def patch_vision_attention(model):
 _INDEX_FUNCTIONS = {"get_vision_position_ids": ("position_ids",),
                     "get_vision_window_index": ("window_index", "cu_window_seqlens")}
 _FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
-_CACHED = "_mcvqa_uncached"
+_UNCACHED = "_mcvqa_uncached"  # where a memoised function keeps the original
 
 
 def _memoised(fn, precomputed, size=16):
@@ -82,13 +82,13 @@ def _memoised(fn, precomputed, size=16):
                 results.popitem(last=False)
         return results[key]
 
-    setattr(cached, _CACHED, fn)
+    setattr(cached, _UNCACHED, fn)
     return cached
 
 
 def cache_vision_indices(enable=True):
     """Memoise the vision towers' grid-only index functions in every Qwen-VL modeling module (process-wide:
-    they are module functions); `enable=False` restores the originals. Returns the modules changed."""
+    they are module functions); `enable=False` restores the originals. Returns the functions changed."""
     changed = []
     for family in _FAMILIES:
         try:
@@ -99,10 +99,9 @@ def cache_vision_indices(enable=True):
             current = getattr(module, name, None)
             if current is None:
                 continue
-            original = getattr(current, _CACHED, current)
-            wanted = _memoised(original, precomputed) if enable else original
-            if enable == hasattr(current, _CACHED):
+            if enable == hasattr(current, _UNCACHED):
                 continue
-            setattr(module, name, wanted)
+            original = getattr(current, _UNCACHED, current)
+            setattr(module, name, _memoised(original, precomputed) if enable else original)
             changed.append(f"{family}.{name}")
     return changed
