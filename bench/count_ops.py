@@ -16,16 +16,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from collator import MCVQACollator, rope_positions  # noqa: E402
-from mcvqa.fast_vision import cache_vision_indices  # noqa: E402
 from mcvqa.data import load_split  # noqa: E402
+from mcvqa.fast_vision import cache_vision_indices  # noqa: E402
 from mcvqa.modeling import load_model, load_processor  # noqa: E402
-from mcvqa.scoring import answer_logits, answer_position  # noqa: E402
-from pretrain_tiny import OPEN_TEMPLATE, open_ended  # noqa: E402
+from pretrain_tiny import OPEN_TEMPLATE, open_ended, open_ended_loss  # noqa: E402
 
 
 class Ops(TorchDispatchMode):
@@ -58,10 +55,6 @@ def main(argv=None):
     a = ap.parse_args(argv)
     processor = load_processor(a.base)
     rows = open_ended(load_split(a.data_dir, "train"))[: a.rows]
-    def step(model, batch):
-        at = answer_position(batch)
-        F.cross_entropy(answer_logits(model, batch)[:, 0].float(), batch["labels"][:, at + 1]).backward()
-
     for name, batched, cached in (("per-image vision attention", False, False),
                                   ("batched vision attention", True, False),
                                   ("batched vision attention + cached vision indices", True, True)):
@@ -71,9 +64,10 @@ def main(argv=None):
         image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
         batch = MCVQACollator(processor, a.pixels, a.pixels, train=True, template=OPEN_TEMPLATE,
                               position_fn=rope_positions(model, image_token))(rows)
-        step(model, batch)  # the first step of a shape fills the cache: count a later one, as training runs
+        # The first step of a shape fills the cache: count a later one, as training runs.
+        open_ended_loss(model, batch).backward()
         with Ops() as ops:
-            step(model, batch)
+            open_ended_loss(model, batch).backward()
         print(f"batch {len(rows)}, {name}: {ops.total} ops per forward + backward, {ops.sdpa} of them attention")
         for site, n in ops.sites.most_common(a.top):
             print(f"  {n:6d}  {site}")

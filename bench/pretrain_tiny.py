@@ -118,6 +118,12 @@ def open_accuracy(model, collator, rows, words, word_ids, device, batch_size):
     return float(np.mean(hits)), table.groupby("type")["hit"].mean().round(4).to_dict()
 
 
+def open_ended_loss(model, batch):
+    """Cross-entropy of the answer word's first token over the whole vocabulary, at the answer position."""
+    at = answer_position(batch)
+    return F.cross_entropy(answer_logits(model, batch)[:, 0].float(), batch["labels"][:, at + 1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data_dir", required=True, help="prepare_easy_vqa.py output: train.csv to learn from, "
@@ -203,9 +209,7 @@ def main(argv=None):
         clock.fraction = min(1.0, elapsed / budget)
         lr = schedule.get_last_lr()[0]
         batch = {k: v.to(a.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in next(loader).items()}
-        at = answer_position(batch)
-        logits = answer_logits(model, batch)[:, 0]
-        loss = F.cross_entropy(logits.float(), batch["labels"][:, at + 1])
+        loss = open_ended_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
