@@ -1,22 +1,20 @@
 #!/usr/bin/env bash
 # What the open issues still owe the GPU, one unattended run per line (bench/RESULTS.md says why each):
-#   one H200, ~27 device-minutes (nearly a session's budget), issue 17 item 2:
+#   one H200, ~18 device-minutes, issue 17 item 2:
 #     setsid nohup bash bench/pending_gpu.sh h200 > /dev/null 2>&1 < /dev/null &
-#       bench/learning_seeds.sh 1 2 3 with call 27's recipe (bases pretrained 12 minutes, LoRA 10 minutes, a
-#       blank-image twin per seed) -> learning_lora.json. Six runs share the GPU where call 27's 0.93 base shared
-#       it with four, so each base gets fewer steps per minute: hence 12 minutes, not 6 (the issue bounds the LoRA
-#       stage at 10 minutes, not the pretraining). Call 29 ran it with an ALT_FLAGS stage beside it (train_lora.py's
-#       own loss, which did not learn) and was lost at minute ~29, before scoring: the whole run needs ~27 minutes
-#       of a fresh machine, so start it first thing in a session and never let the polls lapse. Call 30 ran
-#       CLOCK="PRE=8 LORA=6" after failed starts (min 0.704: the shorter pretraining makes weaker bases). Since
-#       then pretrain_tiny.py has load_model's vision fast paths (2,113 ops a step, not 19,785): compare the
-#       steps in each base's pretraining.json with calls 29-30's ~145 a minute
-#   one H200, ~20 device-minutes, issue 17 items 1 and 2 from the same bases:
+#       bench/learning_seeds.sh 1 2 3 with call 27's recipe (bases pretrained 5 minutes, LoRA 10 minutes, a
+#       blank-image twin per seed; six runs share the GPU) -> learning_lora.json. Since call 32 the bases pretrain
+#       with load_model's vision fast paths and --tf32: 455-464 steps per process in 50 s with six sharing one H200,
+#       against 125-126 without the fast paths (bench/probe_steps.sh). Call 33 (CLOCK="PRE=3 LORA=2.5", 6.6
+#       minutes in all) made ~1,710-step bases of 0.943-0.961 in 3 minutes, what call 29 needed 12 for, and
+#       scored 0.791 / 0.939 / 0.807 after 2.5 LoRA minutes: the LoRA stage, not the base, is now the limit
+#   one H200, ~18 device-minutes, issue 17 items 1 and 2 from the same bases:
 #     setsid nohup bash bench/pending_gpu.sh scratch > /dev/null 2>&1 < /dev/null &
-#       PRE=8 FULL=7 LORA=10: item 1's 15 minutes from random weights are 8 of open-ended pretraining and 7 of
-#       full fine-tuning (learning.json); beside it the LoRA stage on the same, shorter-trained bases
-#       (learning_lora.json, likely capped lower than h200's); twelve second-stage runs share the GPU and its 16
-#       cores (2 loader workers each)
+#       PRE=5 FULL=10 LORA=10: item 1's 15 minutes from random weights are 5 of open-ended pretraining and 10 of
+#       full fine-tuning (learning.json); beside it the LoRA stage on the same bases (learning_lora.json); twelve
+#       second-stage runs share the GPU and its 16 cores (2 loader workers each). Its CPU smoke
+#       (bench/learning_seeds.sh's last header line, FULL=0.3) runs all three stages
+#       and writes both records (2m07s here, 2026-12-06); it has not yet run on a GPU
 #   one H200, ~11 device-minutes:
 #     setsid nohup bash bench/pending_gpu.sh records > /dev/null 2>&1 < /dev/null &
 #       issue 14: record7b and record8b with the current tree (the host-sync removal of 2026-11-30 and the
@@ -25,10 +23,12 @@
 #     setsid nohup bash bench/pending_gpu.sh x2 > /dev/null 2>&1 < /dev/null &
 #       issue 15: bench/distributed.sh (its device_map row has not yet passed on two GPUs)
 # CLOCK overrides h200's and scratch's minutes (call 30: CLOCK="PRE=8 LORA=6" when failed machine starts had
-# spent a quarter of the budget). Everything goes under /tmp/res, the learning runs' work folder (bases, run
-# folders) included (progress in /tmp/res/master.log; /tmp/res/DONE at the end). The device tool takes back a
-# machine left idle for 30 s between calls, with all of it: poll with back-to-back calls
-# (`sleep 230; tail -3 /tmp/res/master.log`) and fetch in each poll, weights left out:
+# spent a quarter of the budget; call 33: CLOCK="PRE=3 LORA=2.5" with nine minutes left). Everything goes under
+# /tmp/res, the learning runs' work folder (bases, run folders) included (progress in /tmp/res/master.log;
+# /tmp/res/DONE at the end). The device tool takes back a machine left idle for 30 s between calls, with all of
+# it: poll with back-to-back calls (`sleep 230; tail -3 /tmp/res/master.log`) and fetch in each poll, weights
+# left out, and nothing else under $OUT (the tool returns a limited count of files: call 32's probe logs there
+# crowded res.tgz out of one poll):
 #   tar czf $OUT/res.tgz --exclude='*.safetensors' --exclude='checkpoint-*' -C /tmp res
 # so that a machine lost after prediction still leaves every run's test_probs.csv and each base's
 # pretraining.json here for bench/learning_seeds_report.py.
@@ -43,7 +43,7 @@ source bench/gpu_env.sh || { echo "installing the carried wheels failed"; exit 1
 echo "start $KIND $(date -u +%H:%M:%S)"
 case $KIND in
   h200|scratch)
-    if [ $KIND = h200 ]; then clock=${CLOCK:-"PRE=12 LORA=10"}; else clock=${CLOCK:-"PRE=8 FULL=7 LORA=10 WORKERS=2"}; fi
+    if [ $KIND = h200 ]; then clock=${CLOCK:-"PRE=5 LORA=10"}; else clock=${CLOCK:-"PRE=5 FULL=10 LORA=10 WORKERS=2"}; fi
     env OUT=$R/learning WORK=$R/learn $clock bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
     echo "learning ($clock) rc $? $(date -u +%H:%M:%S)" ;;
   records)
