@@ -15,8 +15,6 @@
 #      from-scratch curriculum, PRE + FULL minutes from random weights (e.g. PRE=8 FULL=7 for its 15 minutes).
 #   2''. ALT_FLAGS (default empty: off) also runs a second LoRA stage with these flags on each image base (not the
 #      blank twins), 1 loader worker: a variant of the recipe measured on the same bases (alt_* in the records).
-# On CUDA every stage runs its fp32 matmuls in TF32 (BASE_FLAGS' --tf32; train_lora.py --tf32 true): with the vision
-# fast paths, TF32 gave the bases 1.35x the steps (call 32); prediction stays in fp32.
 # Before stage 2, tools/zero_shot.py scores the base as it is (restricted a-d letters): what the format alone gives.
 # Every seed has a blank-image twin (both stages with grey images: what the question text alone allows). All runs
 # share the GPU. predict.py scores the 2,000 held-out easy-VQA test questions, and bench/learning_seeds_report.py
@@ -56,8 +54,7 @@ one() {  # name seed [--blank_images]
 stage() {  # run seed train_lora flags...: train on all train questions, then score the held-out test questions
   run=$1 seed=$2; shift 2
   $PY train_lora.py "$@" --data_dir $W/evqa --fold -1 --seed $seed --dataloader_num_workers $WORKERS \
-      --output_dir $W/runs/$run $([ $DEVICE = cpu ] && echo --use_cpu true || echo --tf32 true) \
-      > $OUT/train_$run.log 2>&1 || return
+      --output_dir $W/runs/$run $([ $DEVICE = cpu ] && echo --use_cpu true) > $OUT/train_$run.log 2>&1 || return
   $PY predict.py --data_dir $W/evqa --output_dir $W/runs/$run --score_oof false --batch_size 256 \
       --progress false > $OUT/predict_$run.log 2>&1
 }
