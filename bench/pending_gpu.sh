@@ -9,8 +9,8 @@
 #       minutes in all) made ~1,710-step bases of 0.943-0.961 in 3 minutes, what call 29 needed 12 for, and
 #       scored 0.791 / 0.939 / 0.807 after 2.5 LoRA minutes: the LoRA stage, not the base, is now the limit.
 #       The LoRA stage stays in fp32: HF's `--tf32 true` sets torch >= 2.9's new fp32_precision flags, which
-#       torch 2.9-2.11 do not pass on to cuDNN conv (the vision tower's patch embedding), and a conv that then
-#       finds legacy and new flags disagreeing raises (pytorch#179445, transformers#42371); unproven here
+#       torch before mid-2026 did not pass on to cuDNN conv (pytorch#179445; the vision tower's patch embedding is
+#       a conv), and transformers#42371 shows a training forward raising on such a legacy/new mix; not tried here
 #   one H200, ~18 device-minutes, issue 17 items 1 and 2 from the same bases:
 #     setsid nohup bash bench/pending_gpu.sh scratch > /dev/null 2>&1 < /dev/null &
 #       PRE=5 FULL=10 LORA=10: item 1's 15 minutes from random weights are 5 of open-ended pretraining and 10 of
