@@ -4,7 +4,7 @@
 #   1. bench/pretrain_tiny.py: a tiny Qwen2.5-VL learns to answer easy-VQA questions with a word (open-ended; it
 #      never sees options or letters): the stand-in for a user's pretrained VLM. BASE_FLAGS: its shape and rate
 #      (default: the shape and rate of call 27's 0.93 base, hidden 256 x 4, vision 128 x 4, lr 1e-3, TF32 matmuls:
-#      with six bases sharing one H200, 460 steps each in 50 s against 339 in fp32, bench/probe_steps.sh);
+#      with six bases sharing one H200, 455-464 steps each in 50 s against 337-341 in fp32, bench/probe_steps.sh);
 #   2. train_lora.py (LoRA on the language model, vision tower frozen; bench/learning_lora.yaml sets the batch and
 #      clock) teaches that base the multiple-choice format on all 38,575 train questions (--fold -1). LORA_FLAGS:
 #      default call 27's recipe, the 4-way restricted loss at 1e-3 without smoothing, r64, colour/shape oversampled
