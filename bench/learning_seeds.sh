@@ -13,6 +13,9 @@
 #   2'. FULL=M (default 0: off) also fully fine-tunes the same base for M minutes with the learning proof's settings
 #      (bench/learning.yaml: restricted loss, lr 1e-3, vision tower trained), beside the LoRA stage: item 1's
 #      from-scratch curriculum, PRE + FULL minutes from random weights (e.g. PRE=8 FULL=7 for its 15 minutes).
+#   LORA=0 skips the LoRA stage (FULL alone). REUSE=1 keeps a base already pretrained in WORK (its
+#      pretraining.json there) instead of pretraining it again: the FULL stage on the bases an earlier LoRA-only
+#      run made, on the same machine, without spending their PRE minutes twice (the record keeps their PRE).
 #   2''. ALT_FLAGS (default empty: off) also runs a second LoRA stage with these flags on each image base (not the
 #      blank twins), 1 loader worker: a variant of the recipe measured on the same bases (alt_* in the records).
 # Before stage 2, tools/zero_shot.py scores the base as it is (restricted a-d letters): what the format alone gives.
@@ -39,15 +42,19 @@ mkdir -p $W/bases $W/runs $W/zs "$OUT"
 $PY data/prepare_easy_vqa.py --out $W/evqa --n_train ${N_TRAIN:-0} --n_test ${N_TEST:-2000} >/dev/null || exit 1
 one() {  # name seed [--blank_images]
   name=$1 seed=$2; shift 2
-  $PY bench/pretrain_tiny.py --data_dir $W/evqa --out $W/bases/$name --device $DEVICE --minutes $PRE \
-      --batch_size 256 --workers $WORKERS --seed $seed $BASE_FLAGS "$@" > $OUT/pretrain_$name.log 2>&1 || return
+  if [ "${REUSE:-0}" = 1 ] && [ -f $W/bases/$name/pretraining.json ]; then
+    echo "reusing $W/bases/$name" > $OUT/pretrain_$name.log
+  else
+    $PY bench/pretrain_tiny.py --data_dir $W/evqa --out $W/bases/$name --device $DEVICE --minutes $PRE \
+        --batch_size 256 --workers $WORKERS --seed $seed $BASE_FLAGS "$@" > $OUT/pretrain_$name.log 2>&1 || return
+  fi
   $PY tools/zero_shot.py --config bench/learning_lora.yaml --model_name_or_path $W/bases/$name \
       --data_dir $W/evqa ${1:+--blank_images} > $OUT/zero_shot_$name.log 2>&1
   [ "$FULL" != 0 ] && stage full_$name $seed --config bench/learning.yaml --time_budget_minutes $FULL \
       --model_name_or_path $W/bases/$name ${1:+--blank_images} &
   [ -n "${ALT_FLAGS:-}" ] && [ -z "${1:-}" ] && WORKERS=1 stage alt_$name $seed --config bench/learning_lora.yaml \
       --time_budget_minutes $LORA --model_name_or_path $W/bases/$name $ALT_FLAGS &
-  stage $name $seed --config bench/learning_lora.yaml --time_budget_minutes $LORA \
+  [ "$LORA" != 0 ] && stage $name $seed --config bench/learning_lora.yaml --time_budget_minutes $LORA \
       --model_name_or_path $W/bases/$name ${1:+--blank_images} $LORA_FLAGS
   wait
 }
@@ -66,7 +73,7 @@ done
 wait
 echo "wall time: $(( $(date +%s) - start )) s"
 $PY bench/learning_seeds_report.py --work $W --seeds $SEEDS --pre $PRE --lora $LORA --full $FULL \
-    --command "PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' ALT_FLAGS='${ALT_FLAGS:-}' bash bench/learning_seeds.sh $SEEDS" \
+    --command "$([ "${REUSE:-0}" = 1 ] && echo "REUSE=1 ")PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' ALT_FLAGS='${ALT_FLAGS:-}' bash bench/learning_seeds.sh $SEEDS" \
     --alt_flags "${ALT_FLAGS:-}" \
     --out "$OUT"
 for f in $OUT/train_*.log $OUT/pretrain_*.log; do echo "== $f"; grep -E "^full|rror|open-ended" $f | tail -2; done

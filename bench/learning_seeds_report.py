@@ -93,7 +93,7 @@ def main():
     answers = pd.read_csv(work / "evqa/test_answers.csv", dtype=str).set_index("id")["answer"]
     types = pd.read_csv(work / "evqa/test.csv", dtype=str).set_index("id").loc[answers.index, "type"]
     runs = {}
-    stages = ("", "full_") if a.full else ("",)
+    stages = ("",) + (("full_",) if a.full else ()) if a.lora else ("full_",)
     for seed in a.seeds:
         for stage in stages:
             for base_name in (f"seed{seed}", f"blank{seed}"):
@@ -106,6 +106,8 @@ def main():
         "targets": f"accuracy >= {TARGET}, every question type >= {TYPE_TARGET}, >= {MARGIN:.2f} over the blank twin",
     }
     # Item 1 (from random weights): pretraining then the full fine-tune when FULL ran, else pretraining then LoRA.
+    if not a.lora and not a.full:
+        sys.exit("learning_seeds_report.py: --lora 0 and --full 0: no second stage ran")
     item1 = "full_" if a.full else ""
     second = (f"{a.full:g} min full fine-tune (train_lora.py, bench/learning.yaml)" if a.full else
               f"{a.lora:g} min LoRA (train_lora.py, bench/learning_lora.yaml)")
@@ -113,29 +115,31 @@ def main():
                 "full_minutes": a.full, "seeds": summaries[item1], "runs": runs,
                 "recipe": f"random init -> {a.pre:g} min open-ended pretraining (bench/pretrain_tiny.py) -> "
                           f"{second} on one clock; every run shared one GPU with the others"}
-    lora = {**common, **headline(summaries[""]), "lora_minutes": a.lora,
-            "note": "the base: bench/pretrain_tiny.py's open-ended model (never saw options or letters); "
-                    "zero-shot: its restricted a-d accuracy before LoRA (tools/zero_shot.py); then train_lora.py with "
-                    "bench/learning_lora.yaml and the command's LORA_FLAGS (LoRA on the language model, frozen "
-                    "vision tower; the loss and rate as LORA_FLAGS set them)",
-            "seeds": [{k: s[k] for k in ("seed", "base_zero_shot_letter_accuracy", "base_open_ended_accuracy",
-                                         "accuracy", "accuracy_by_type", "blank_image_accuracy", "margin_over_blank",
-                                         "meets_targets")} | {"lora_minutes_run": runs[f"seed{s['seed']}"].get(
-                                             "stage", {}).get("minutes")} for s in summaries[""]]}
-    if a.alt_flags:
-        alt = []
-        for seed in a.seeds:
-            entry = run_entry(work, out, "alt_", f"seed{seed}", answers, types)
-            runs[f"alt_seed{seed}"] = entry
-            alt.append({"seed": int(seed), "accuracy": entry.get("accuracy"),
-                        "accuracy_by_type": entry.get("stage", {}).get("accuracy_by_type"),
-                        "lora_minutes_run": entry.get("stage", {}).get("minutes")})
-        lora["variant"] = {"flags": a.alt_flags, "note": "a second LoRA stage on the same image bases, 1 loader "
-                           "worker, beside the recipe's", "seeds": alt,
-                           "minimum_accuracy": headline_accuracy(alt, min), "mean_accuracy": headline_accuracy(
-                               alt, lambda accs: sum(accs) / len(accs))}
+    if a.lora:  # LORA=0: the full fine-tune alone (REUSE=1 on an earlier run's bases), no item-2 record
+        lora = {**common, **headline(summaries[""]), "lora_minutes": a.lora,
+                "note": "the base: bench/pretrain_tiny.py's open-ended model (never saw options or letters); "
+                        "zero-shot: its restricted a-d accuracy before LoRA (tools/zero_shot.py); then train_lora.py with "
+                        "bench/learning_lora.yaml and the command's LORA_FLAGS (LoRA on the language model, frozen "
+                        "vision tower; the loss and rate as LORA_FLAGS set them)",
+                "seeds": [{k: s[k] for k in ("seed", "base_zero_shot_letter_accuracy", "base_open_ended_accuracy",
+                                             "accuracy", "accuracy_by_type", "blank_image_accuracy", "margin_over_blank",
+                                             "meets_targets")} | {"lora_minutes_run": runs[f"seed{s['seed']}"].get(
+                                                 "stage", {}).get("minutes")} for s in summaries[""]]}
+        if a.alt_flags:
+            alt = []
+            for seed in a.seeds:
+                entry = run_entry(work, out, "alt_", f"seed{seed}", answers, types)
+                runs[f"alt_seed{seed}"] = entry
+                alt.append({"seed": int(seed), "accuracy": entry.get("accuracy"),
+                            "accuracy_by_type": entry.get("stage", {}).get("accuracy_by_type"),
+                            "lora_minutes_run": entry.get("stage", {}).get("minutes")})
+            lora["variant"] = {"flags": a.alt_flags, "note": "a second LoRA stage on the same image bases, 1 loader "
+                               "worker, beside the recipe's", "seeds": alt,
+                               "minimum_accuracy": headline_accuracy(alt, min), "mean_accuracy": headline_accuracy(
+                                   alt, lambda accs: sum(accs) / len(accs))}
     (out / "learning.json").write_text(json.dumps(learning, indent=2) + "\n")
-    (out / "learning_lora.json").write_text(json.dumps(lora, indent=2) + "\n")
+    if a.lora:
+        (out / "learning_lora.json").write_text(json.dumps(lora, indent=2) + "\n")
     print(json.dumps({k: v for k, v in learning.items() if k != "runs"}, indent=2))
 
 

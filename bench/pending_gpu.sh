@@ -18,6 +18,10 @@
 #       second-stage runs share the GPU and its 16 cores (2 loader workers each). Its CPU smoke
 #       (bench/learning_seeds.sh's last header line, FULL=0.3) runs all three stages
 #       and writes both records (2m07s here, 2026-12-06); it has not yet run on a GPU
+#   right after h200 on the same warm machine, ~FULL + 2 device-minutes, issue 17 item 1 from h200's bases:
+#     setsid nohup bash bench/pending_gpu.sh full > /dev/null 2>&1 < /dev/null &
+#       REUSE=1 LORA=0 PRE=5 FULL=5 (CLOCK sets them; PRE must be h200's, which the record quotes): the full
+#       fine-tune of bench/learning.yaml on the bases h200 left in /tmp/res/learn -> /tmp/res/learning_full
 #   one H200, ~11 device-minutes:
 #     setsid nohup bash bench/pending_gpu.sh records > /dev/null 2>&1 < /dev/null &
 #       issue 14: record7b and record8b with the current tree (the host-sync removal of 2026-11-30 and the
@@ -37,10 +41,11 @@
 # pretraining.json here for bench/learning_seeds_report.py.
 set -u
 KIND=${1:-h200}
-case $KIND in h200|scratch|records|x2) ;; *) echo "usage: bash bench/pending_gpu.sh h200|scratch|records|x2"; exit 2 ;; esac
+case $KIND in h200|scratch|full|records|x2) ;; *) echo "usage: bash bench/pending_gpu.sh h200|scratch|full|records|x2"; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 R=/tmp/res
 mkdir -p $R
+rm -f $R/DONE
 exec >> $R/master.log 2>&1
 source bench/gpu_env.sh || { echo "installing the carried wheels failed"; exit 1; }
 echo "start $KIND $(date -u +%H:%M:%S)"
@@ -49,6 +54,10 @@ case $KIND in
     if [ $KIND = h200 ]; then clock=${CLOCK:-"PRE=5 LORA=10"}; else clock=${CLOCK:-"PRE=5 FULL=10 LORA=10 WORKERS=2"}; fi
     env OUT=$R/learning WORK=$R/learn $clock bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
     echo "learning ($clock) rc $? $(date -u +%H:%M:%S)" ;;
+  full)
+    clock=${CLOCK:-"PRE=5 FULL=5"}
+    env OUT=$R/learning_full WORK=$R/learn REUSE=1 LORA=0 $clock bash bench/learning_seeds.sh 1 2 3 > $R/learning_full.log 2>&1
+    echo "full on the h200 run's bases ($clock) rc $? $(date -u +%H:%M:%S)" ;;
   records)
     OUT=$R/o14 bash bench/issue14.sh record7b record8b > $R/issue14.log 2>&1
     echo "issue14 rc $? $(date -u +%H:%M:%S)" ;;
