@@ -92,8 +92,10 @@ def main():
     work, out = Path(a.work), Path(a.out)
     answers = pd.read_csv(work / "evqa/test_answers.csv", dtype=str).set_index("id")["answer"]
     types = pd.read_csv(work / "evqa/test.csv", dtype=str).set_index("id").loc[answers.index, "type"]
+    if not a.lora and not a.full:
+        sys.exit("learning_seeds_report.py: --lora 0 and --full 0: no second stage ran")
     runs = {}
-    stages = ("",) + (("full_",) if a.full else ()) if a.lora else ("full_",)
+    stages = tuple(stage for stage, minutes in (("", a.lora), ("full_", a.full)) if minutes)
     for seed in a.seeds:
         for stage in stages:
             for base_name in (f"seed{seed}", f"blank{seed}"):
@@ -106,8 +108,6 @@ def main():
         "targets": f"accuracy >= {TARGET}, every question type >= {TYPE_TARGET}, >= {MARGIN:.2f} over the blank twin",
     }
     # Item 1 (from random weights): pretraining then the full fine-tune when FULL ran, else pretraining then LoRA.
-    if not a.lora and not a.full:
-        sys.exit("learning_seeds_report.py: --lora 0 and --full 0: no second stage ran")
     item1 = "full_" if a.full else ""
     second = (f"{a.full:g} min full fine-tune (train_lora.py, bench/learning.yaml)" if a.full else
               f"{a.lora:g} min LoRA (train_lora.py, bench/learning_lora.yaml)")
