@@ -13,9 +13,10 @@
 #   2'. FULL=M (default 0: off) also fully fine-tunes the same base for M minutes with the learning proof's settings
 #      (bench/learning.yaml: restricted loss, lr 1e-3, vision tower trained), beside the LoRA stage: item 1's
 #      from-scratch curriculum, PRE + FULL minutes from random weights (e.g. PRE=8 FULL=7 for its 15 minutes).
-#   LORA=0 skips the LoRA stage (FULL alone). REUSE=1 keeps a base already pretrained in WORK (its
-#      pretraining.json there) instead of pretraining it again: the FULL stage on the bases an earlier LoRA-only
-#      run made, on the same machine, without spending their PRE minutes twice (the record keeps their PRE).
+#   LORA=0 skips the LoRA stage (FULL alone). REUSE=1 keeps a base already pretrained in WORK instead of
+#      pretraining it again, if the same data, seed and BASE_FLAGS made it (else the seed stops with one line):
+#      the FULL stage on the bases an earlier LoRA-only run made on the same machine, without spending their PRE
+#      minutes twice (the record takes their minutes from their pretraining.json).
 #   2''. ALT_FLAGS (default empty: off) also runs a second LoRA stage with these flags on each image base (not the
 #      blank twins), 1 loader worker: a variant of the recipe measured on the same bases (alt_* in the records).
 # Before stage 2, tools/zero_shot.py scores the base as it is (restricted a-d letters): what the format alone gives.
@@ -39,14 +40,21 @@ LORA_FLAGS=${LORA_FLAGS-"--restricted_loss true --learning_rate 1e-3 --label_smo
 W=${WORK:-/tmp/learn}
 export OMP_NUM_THREADS=1
 mkdir -p $W/bases $W/runs $W/zs "$OUT"
-$PY data/prepare_easy_vqa.py --out $W/evqa --n_train ${N_TRAIN:-0} --n_test ${N_TEST:-2000} >/dev/null || exit 1
+recipe() {  # seed [--blank_images]: what a base is made from, so that REUSE=1 never takes one from another recipe
+  echo "n_train=${N_TRAIN:-0} n_test=${N_TEST:-2000} seed=$1 $BASE_FLAGS ${2:-}"
+}
+reusable() {  # name seed [--blank_images]: REUSE=1 and this recipe's base is in WORK
+  [ "${REUSE:-0}" = 1 ] && [ -f $W/bases/$1/pretraining.json ] && [ "$(cat $W/bases/$1.recipe 2>/dev/null)" = "$(recipe $2 ${3:-})" ]
+}
 one() {  # name seed [--blank_images]
   name=$1 seed=$2; shift 2
-  if [ "${REUSE:-0}" = 1 ] && [ -f $W/bases/$name/pretraining.json ]; then
-    echo "reusing $W/bases/$name" > $OUT/pretrain_$name.log
+  if reusable $name $seed "$@"; then
+    echo "reusing $W/bases/$name ($(cat $W/bases/$name.recipe))" > $OUT/pretrain_$name.log
   else
+    rm -f $W/bases/$name.recipe
     $PY bench/pretrain_tiny.py --data_dir $W/evqa --out $W/bases/$name --device $DEVICE --minutes $PRE \
         --batch_size 256 --workers $WORKERS --seed $seed $BASE_FLAGS "$@" > $OUT/pretrain_$name.log 2>&1 || return
+    recipe $seed "$@" > $W/bases/$name.recipe
   fi
   $PY tools/zero_shot.py --config bench/learning_lora.yaml --model_name_or_path $W/bases/$name \
       --data_dir $W/evqa ${1:+--blank_images} > $OUT/zero_shot_$name.log 2>&1
@@ -65,6 +73,16 @@ stage() {  # run seed train_lora flags...: train on all train questions, then sc
   $PY predict.py --data_dir $W/evqa --output_dir $W/runs/$run --score_oof false --batch_size 256 \
       --progress false > $OUT/predict_$run.log 2>&1
 }
+if [ "${REUSE:-0}" = 1 ]; then
+  for s in $SEEDS; do
+    for b in "seed$s" "blank$s --blank_images"; do
+      set -- $b
+      [ "$1" != blank$s ] || [ "${BLANK:-1}" = 1 ] || continue
+      reusable $1 $s ${2:-} || { echo "REUSE=1: no base $W/bases/$1 made by this recipe ($(recipe $s ${2:-}))"; exit 2; }
+    done
+  done
+fi
+$PY data/prepare_easy_vqa.py --out $W/evqa --n_train ${N_TRAIN:-0} --n_test ${N_TEST:-2000} >/dev/null || exit 1
 start=$(date +%s)
 for s in $SEEDS; do
   one seed$s $s &
