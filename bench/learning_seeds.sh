@@ -18,7 +18,8 @@
 #      the FULL stage on the bases an earlier LoRA-only run made on the same machine, without spending their PRE
 #      minutes twice (the record takes their minutes from their pretraining.json).
 #   2''. ALT_FLAGS (default empty: off) also runs a second LoRA stage with these flags on each image base (not the
-#      blank twins), 1 loader worker: a variant of the recipe measured on the same bases (alt_* in the records).
+#      blank twins), 1 loader worker, on LORA's clock (none when LORA=0): a variant of the recipe on the same
+#      bases (alt_* in the records).
 # Before stage 2, tools/zero_shot.py scores the base as it is (restricted a-d letters): what the format alone gives.
 # Every seed has a blank-image twin (both stages with grey images: what the question text alone allows). All runs
 # share the GPU. predict.py scores the 2,000 held-out easy-VQA test questions, and bench/learning_seeds_report.py
@@ -60,7 +61,7 @@ one() {  # name seed [--blank_images]
       --data_dir $W/evqa ${1:+--blank_images} > $OUT/zero_shot_$name.log 2>&1
   [ "$FULL" != 0 ] && stage full_$name $seed --config bench/learning.yaml --time_budget_minutes $FULL \
       --model_name_or_path $W/bases/$name ${1:+--blank_images} &
-  [ -n "${ALT_FLAGS:-}" ] && [ -z "${1:-}" ] && WORKERS=1 stage alt_$name $seed --config bench/learning_lora.yaml \
+  [ -n "${ALT_FLAGS:-}" ] && [ "$LORA" != 0 ] && [ -z "${1:-}" ] && WORKERS=1 stage alt_$name $seed --config bench/learning_lora.yaml \
       --time_budget_minutes $LORA --model_name_or_path $W/bases/$name $ALT_FLAGS &
   [ "$LORA" != 0 ] && stage $name $seed --config bench/learning_lora.yaml --time_budget_minutes $LORA \
       --model_name_or_path $W/bases/$name ${1:+--blank_images} $LORA_FLAGS
