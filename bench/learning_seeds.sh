@@ -14,9 +14,9 @@
 #      (bench/learning.yaml: restricted loss, lr 1e-3, vision tower trained), beside the LoRA stage: item 1's
 #      from-scratch curriculum, PRE + FULL minutes from random weights (e.g. PRE=8 FULL=7 for its 15 minutes).
 #   LORA=0 skips the LoRA stage (FULL alone). REUSE=1 keeps a base already pretrained in WORK instead of
-#      pretraining it again, if the same data, seed and BASE_FLAGS made it (else the seed stops with one line):
-#      the FULL stage on the bases an earlier LoRA-only run made on the same machine, without spending their PRE
-#      minutes twice (the record takes their minutes from their pretraining.json).
+#      pretraining it again, if the same data, PRE, seed and BASE_FLAGS made it (else it stops with one line,
+#      exit 2): the FULL stage on the bases an earlier LoRA-only run made on the same machine, without spending
+#      their PRE minutes twice.
 #   2''. ALT_FLAGS (default empty: off) also runs a second LoRA stage with these flags on each image base (not the
 #      blank twins), 1 loader worker, on LORA's clock (none when LORA=0): a variant of the recipe on the same
 #      bases (alt_* in the records).
@@ -42,7 +42,7 @@ W=${WORK:-/tmp/learn}
 export OMP_NUM_THREADS=1
 mkdir -p $W/bases $W/runs $W/zs "$OUT"
 recipe() {  # seed [--blank_images]: what a base is made from, so that REUSE=1 never takes one from another recipe
-  echo "n_train=${N_TRAIN:-0} n_test=${N_TEST:-2000} seed=$1 $BASE_FLAGS ${2:-}"
+  echo "n_train=${N_TRAIN:-0} n_test=${N_TEST:-2000} pre=$PRE seed=$1 $BASE_FLAGS ${2:-}"
 }
 reusable() {  # name seed [--blank_images]: REUSE=1 and this recipe's base is in WORK
   [ "${REUSE:-0}" = 1 ] && [ -f $W/bases/$1/pretraining.json ] && [ "$(cat $W/bases/$1.recipe 2>/dev/null)" = "$(recipe $2 ${3:-})" ]

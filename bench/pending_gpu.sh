@@ -20,7 +20,7 @@
 #       and writes both records (2m07s here, 2026-12-06); it has not yet run on a GPU
 #   right after h200 on the same warm machine, ~FULL + 2 device-minutes, issue 17 item 1 from h200's bases:
 #     setsid nohup bash bench/pending_gpu.sh full > /dev/null 2>&1 < /dev/null &
-#       REUSE=1 LORA=0 PRE=5 FULL=5 (CLOCK sets them; PRE must be h200's, which the record quotes): the full
+#       REUSE=1 LORA=0 PRE=5 FULL=5 (CLOCK sets them; REUSE stops, exit 2, unless PRE is h200's): the full
 #       fine-tune of bench/learning.yaml on the bases h200 left in /tmp/res/learn -> /tmp/res/learning_full
 #   one H200, ~11 device-minutes:
 #     setsid nohup bash bench/pending_gpu.sh records > /dev/null 2>&1 < /dev/null &
