@@ -1,10 +1,14 @@
 """How far below its own answer a base puts the option letters, at the answer position of multiple-choice prompts.
 
     python bench/letter_margin.py --base /tmp/variants/bases/h4 --data_dir /tmp/evqa --rows 64
+    python bench/letter_margin.py --base B --data_dir D --rows 1000 --template "{options}\n{question}"
 
 Prints the mean gap between the best letter's logit and the top logit, the letters' median rank in the vocabulary,
 and the output head's row norms for a-d against the median row (issue 17: why LoRA on a tiny open-ended base does
-not learn the letter format).
+not learn the letter format). Then, per prompt layout, the base's answer-word accuracy at the answer position
+(argmax over easy-VQA's answer words, as bench/pretrain_tiny.py scores its open-ended prompt): how much of the
+base's own answer is still computed where the letter will have to be read once options stand in the prompt. Layouts:
+the open-ended prompt the base learned, train_lora.py's default (question, options, instruction) and --template.
 """
 
 import argparse
@@ -13,8 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from bench.pretrain_tiny import OPEN_TEMPLATE, answer_token_ids, open_accuracy, open_ended  # noqa: E402
 from collator import MCVQACollator, option_letter_ids  # noqa: E402
 from mcvqa.data import load_split  # noqa: E402
 from mcvqa.modeling import load_processor  # noqa: E402
@@ -27,6 +33,8 @@ def main(argv=None):
     ap.add_argument("--data_dir", required=True, help="a data folder with test.csv")
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--pixels", type=int, default=112 * 112)
+    ap.add_argument("--template", default=None,
+                    help="a --prompt_template to score beside the default layout (e.g. '{options}\\n{question}')")
     a = ap.parse_args(argv)
     from transformers import AutoModelForImageTextToText
 
@@ -45,6 +53,17 @@ def main(argv=None):
           f"of {logits.shape[1]} tokens")
     print(f"head row norms: a-d {[round(x, 2) for x in head[letters].norm(dim=-1).tolist()]}, "
           f"median of all {head.norm(dim=-1).median().item():.2f}")
+    table = load_split(a.data_dir, "test").iloc[: a.rows]
+    answers = pd.read_csv(Path(a.data_dir) / "test_answers.csv", dtype=str).set_index("id")["answer"].to_dict()
+    words = sorted(set(table[list("abcd")].to_numpy().ravel()))
+    word_ids = answer_token_ids(processor.tokenizer, words)
+    layouts = {"open-ended": OPEN_TEMPLATE, "default": None}
+    if a.template:
+        layouts["--template"] = a.template.replace("\\n", "\n")
+    for name, template in layouts.items():
+        collator = MCVQACollator(processor, a.pixels, a.pixels, train=True, template=template)
+        acc, by_type = open_accuracy(model, collator, open_ended(table, answers), words, word_ids, "cpu", 64)
+        print(f"answer-word accuracy, {name} layout: {acc:.4f} {by_type}")
 
 
 if __name__ == "__main__":
