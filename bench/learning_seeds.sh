@@ -17,6 +17,10 @@
 #      pretraining it again, if the same data, PRE, seed and BASE_FLAGS made it (else it stops with one line,
 #      exit 2): the FULL stage on the bases an earlier LoRA-only run made on the same machine, without spending
 #      their PRE minutes twice.
+#   TEMPLATE (default empty: train_lora.py's layout, question, options, instruction) is the --prompt_template of
+#      both second stages, their zero-shot scoring and so their predictions (the run record keeps it), e.g.
+#      TEMPLATE=$'{options}\n{question}': the question last, as in the open-ended pretraining, so that the base's
+#      own answer is still computed at the answer position (bench/letter_margin.py prints how much of it is).
 #   2''. ALT_FLAGS (default empty: off) also runs a second LoRA stage with these flags on each image base (not the
 #      blank twins), 1 loader worker, on LORA's clock (none when LORA=0): a variant of the recipe on the same
 #      bases (alt_* in the records).
@@ -57,7 +61,7 @@ one() {  # name seed [--blank_images]
         --batch_size 256 --workers $WORKERS --seed $seed $BASE_FLAGS "$@" > $OUT/pretrain_$name.log 2>&1 || return
     recipe $seed "$@" > $W/bases/$name.recipe
   fi
-  $PY tools/zero_shot.py --config bench/learning_lora.yaml --model_name_or_path $W/bases/$name \
+  $PY tools/zero_shot.py --config bench/learning_lora.yaml --model_name_or_path $W/bases/$name ${TEMPLATE:+--prompt_template "$TEMPLATE"} \
       --data_dir $W/evqa ${1:+--blank_images} > $OUT/zero_shot_$name.log 2>&1
   [ "$FULL" != 0 ] && stage full_$name $seed --config bench/learning.yaml --time_budget_minutes $FULL \
       --model_name_or_path $W/bases/$name ${1:+--blank_images} &
@@ -69,7 +73,7 @@ one() {  # name seed [--blank_images]
 }
 stage() {  # run seed train_lora flags...: train on all train questions, then score the held-out test questions
   run=$1 seed=$2; shift 2
-  $PY train_lora.py "$@" --data_dir $W/evqa --fold -1 --seed $seed --dataloader_num_workers $WORKERS \
+  $PY train_lora.py "$@" ${TEMPLATE:+--prompt_template "$TEMPLATE"} --data_dir $W/evqa --fold -1 --seed $seed --dataloader_num_workers $WORKERS \
       --output_dir $W/runs/$run $([ $DEVICE = cpu ] && echo --use_cpu true) > $OUT/train_$run.log 2>&1 || return
   $PY predict.py --data_dir $W/evqa --output_dir $W/runs/$run --score_oof false --batch_size 256 \
       --progress false > $OUT/predict_$run.log 2>&1
@@ -92,7 +96,7 @@ done
 wait
 echo "wall time: $(( $(date +%s) - start )) s"
 $PY bench/learning_seeds_report.py --work $W --seeds $SEEDS --pre $PRE --lora $LORA --full $FULL \
-    --command "$([ "${REUSE:-0}" = 1 ] && echo "REUSE=1 ")PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' ALT_FLAGS='${ALT_FLAGS:-}' bash bench/learning_seeds.sh $SEEDS" \
+    --command "$([ "${REUSE:-0}" = 1 ] && echo "REUSE=1 ")PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' ALT_FLAGS='${ALT_FLAGS:-}'${TEMPLATE:+ TEMPLATE=$(printf %q "$TEMPLATE")} bash bench/learning_seeds.sh $SEEDS" \
     --alt_flags "${ALT_FLAGS:-}" \
     --out "$OUT"
 for f in $OUT/train_*.log $OUT/pretrain_*.log; do echo "== $f"; grep -E "^full|rror|open-ended" $f | tail -2; done
