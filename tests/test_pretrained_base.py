@@ -84,3 +84,17 @@ def test_zero_shot_refuses_a_missing_answers_file(base, easy_vqa_dir, tmp_path, 
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "nope.csv: file not found" in err and "Traceback" not in err
+
+
+def test_letter_margin_scores_the_bases_answer_word_per_layout(base, easy_vqa_dir, capsys):
+    """The open-ended layout reproduces pretrain_tiny.py's own report on the same rows; every layout is scored."""
+    from letter_margin import main
+
+    record = json.loads((base / "pretraining.json").read_text())
+    main(["--base", str(base), "--data_dir", str(easy_vqa_dir), "--rows", "16", "--pixels", "3136",
+          "--template", "{options}\\n{question}"])
+    lines = {ln.split(":")[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    for layout in ("open-ended", "default", "--template"):
+        assert f"answer-word accuracy, {layout} layout" in lines
+    open_acc = float(lines["answer-word accuracy, open-ended layout"].split(": ")[1].split()[0])
+    assert open_acc == pytest.approx(record["open_ended_test_accuracy"], abs=1e-4)
