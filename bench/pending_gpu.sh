@@ -9,7 +9,8 @@
 #       its base's yes/no answers (0.975 open-ended, 0.889 after LoRA) once the options stand between question and
 #       answer position. On the CPU (bench/letter_margin.py, a 0.855 base pretrained here) the base still gives its
 #       own answer word at the answer position for 0.746 of the test questions in that layout against 0.415 in the
-#       default one (bench/RESULTS.md, "Call 34"). 17.3 minutes of script in call 34.
+#       default one (bench/RESULTS.md, "Call 34"); after the runs the same probe scores the three GPU bases
+#       (learning/layout_probe_seed*.txt, ~1 minute on the machine's CPU). 17.3 minutes of script in call 34.
 #       The LoRA stage stays in fp32: HF's `--tf32 true` sets torch >= 2.9's new fp32_precision flags, which
 #       torch before mid-2026 did not pass on to cuDNN conv (pytorch#179445; the vision tower's patch embedding is
 #       a conv), and transformers#42371 shows a training forward raising on such a legacy/new mix; not tried here
@@ -61,7 +62,15 @@ case $KIND in
   h200|scratch)
     if [ $KIND = h200 ]; then clock=${CLOCK:-"PRE=5 LORA=10"}; else clock=${CLOCK:-"PRE=5 FULL=10 LORA=10 WORKERS=2"}; fi
     env OUT=$R/learning WORK=$R/learn $clock bash bench/learning_seeds.sh 1 2 3 > $R/learning.log 2>&1
-    echo "learning ($clock) rc $? $(date -u +%H:%M:%S)" ;;
+    echo "learning ($clock) rc $? $(date -u +%H:%M:%S)"
+    # How much of each image base's own answer survives each prompt layout (bench/letter_margin.py, on the CPU
+    # once the GPU runs are over): the GPU bases' view of the CPU probe in bench/RESULTS.md ("Call 34").
+    for s in 1 2 3; do
+      OMP_NUM_THREADS=4 python3 bench/letter_margin.py --base $R/learn/bases/seed$s --data_dir $R/learn/evqa \
+          --rows 1000 --template $'{options}\n{question}' > $R/learning/layout_probe_seed$s.txt 2>&1 &
+    done
+    wait
+    echo "layout probes $(date -u +%H:%M:%S)" ;;
   full)
     clock=${CLOCK:-"PRE=5 FULL=7"}
     env OUT=$R/learning_full WORK=$R/learn REUSE=1 LORA=0 $clock bash bench/learning_seeds.sh 1 2 3 > $R/learning_full.log 2>&1
