@@ -46,6 +46,9 @@
 #   tar czf $OUT/res.tgz --exclude='*.safetensors' --exclude='checkpoint-*' -C /tmp res
 # so that a machine lost after prediction still leaves every run's test_probs.csv and each base's
 # pretraining.json here for bench/learning_seeds_report.py.
+# The weights stay out of res.tgz; the last poll of a session can fetch the three image bases for CPU work here
+# (each ~15.3 MB gzipped, under the tool's 16 MiB a file):
+#   for s in 1 2 3; do tar czf $OUT/base_seed$s.tgz -C /tmp/res/learn/bases seed$s; done
 set -u
 KIND=${1:-h200}
 case $KIND in h200|scratch|full|records|x2) ;; *) echo "usage: bash bench/pending_gpu.sh h200|scratch|full|records|x2"; exit 2 ;; esac
