@@ -40,20 +40,19 @@ def main(argv=None):
 
     processor = load_processor(a.base)
     model = AutoModelForImageTextToText.from_pretrained(a.base).eval()
-    rows = load_split(a.data_dir, "test").to_dict("records")[: a.rows]
-    batch = MCVQACollator(processor, a.pixels, a.pixels, train=False)(rows)
+    table = load_split(a.data_dir, "test").iloc[: a.rows]
+    batch = MCVQACollator(processor, a.pixels, a.pixels, train=False)(table.to_dict("records"))
     with torch.no_grad():
         logits = answer_logits(model, batch)[:, 0]
     letters = [v[0] for v in option_letter_ids(processor.tokenizer)]
     best_letter = logits[:, letters].max(-1, keepdim=True).values
     head = model.lm_head.weight
-    print(f"best letter - top logit, mean over {len(rows)} rows: "
+    print(f"best letter - top logit, mean over {len(table)} rows: "
           f"{(best_letter[:, 0] - logits.max(-1).values).mean().item():.2f}")
     print(f"best letter's rank, median: {(logits > best_letter).sum(-1).float().median().item():.0f} "
           f"of {logits.shape[1]} tokens")
     print(f"head row norms: a-d {[round(x, 2) for x in head[letters].norm(dim=-1).tolist()]}, "
           f"median of all {head.norm(dim=-1).median().item():.2f}")
-    table = load_split(a.data_dir, "test").iloc[: a.rows]
     answers = pd.read_csv(Path(a.data_dir) / "test_answers.csv", dtype=str).set_index("id")["answer"].to_dict()
     words = sorted(set(table[list("abcd")].to_numpy().ravel()))
     word_ids = answer_token_ids(processor.tokenizer, words)
