@@ -24,6 +24,7 @@ from bench.pretrain_tiny import OPEN_TEMPLATE, answer_token_ids, open_accuracy, 
 from collator import MCVQACollator, option_letter_ids  # noqa: E402
 from mcvqa.data import load_split  # noqa: E402
 from mcvqa.modeling import load_processor  # noqa: E402
+from mcvqa.prompts import template_problem  # noqa: E402
 from mcvqa.scoring import answer_logits  # noqa: E402
 
 
@@ -36,6 +37,12 @@ def main(argv=None):
     ap.add_argument("--template", default=None,
                     help="a --prompt_template to score beside the default layout (e.g. '{options}\\n{question}')")
     a = ap.parse_args(argv)
+    if a.template:
+        a.template = a.template.replace("\\n", "\n")
+        problem = template_problem(a.template, "--template")
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
     from transformers import AutoModelForImageTextToText
 
     processor = load_processor(a.base)
@@ -58,7 +65,7 @@ def main(argv=None):
     word_ids = answer_token_ids(processor.tokenizer, words)
     layouts = {"open-ended": OPEN_TEMPLATE, "default": None}
     if a.template:
-        layouts["--template"] = a.template.replace("\\n", "\n")
+        layouts["--template"] = a.template
     for name, template in layouts.items():
         collator = MCVQACollator(processor, a.pixels, a.pixels, train=True, template=template)
         acc, by_type = open_accuracy(model, collator, open_ended(table, answers), words, word_ids, "cpu", 64)

@@ -98,3 +98,13 @@ def test_letter_margin_scores_the_bases_answer_word_per_layout(base, easy_vqa_di
         assert f"answer-word accuracy, {layout} layout" in lines
     open_acc = float(lines["answer-word accuracy, open-ended layout"].split(": ")[1].split()[0])
     assert open_acc == pytest.approx(record["open_ended_test_accuracy"], abs=1e-4)
+
+
+def test_letter_margin_refuses_a_template_it_cannot_fill(base, easy_vqa_dir, capsys):
+    from letter_margin import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--base", str(base), "--data_dir", str(easy_vqa_dir), "--template", "{question} {opts}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown placeholder(s) {opts}" in err and "Traceback" not in err
