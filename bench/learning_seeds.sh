@@ -17,10 +17,11 @@
 #      pretraining it again, if the same data, PRE, seed and BASE_FLAGS made it (else it stops with one line,
 #      exit 2): the FULL stage on the bases an earlier LoRA-only run made on the same machine, without spending
 #      their PRE minutes twice.
-#   TEMPLATE (default empty: train_lora.py's layout, question, options, instruction) is the --prompt_template of
-#      both second stages, their zero-shot scoring and so their predictions (the run record keeps it), e.g.
-#      TEMPLATE=$'{options}\n{question}': the question last, as in the open-ended pretraining, so that the base's
-#      own answer is still computed at the answer position (bench/letter_margin.py prints how much of it is).
+#   TEMPLATE (default $'{options}\n{question}': the question last, as in the open-ended pretraining, so that the
+#      base's own answer is still computed at the answer position; bench/letter_margin.py prints how much of it is)
+#      is the --prompt_template of both second stages, their zero-shot scoring and so their predictions (the run
+#      record keeps it). With it every seed met item 2 (call 36, min 0.9755); TEMPLATE= (empty) gives train_lora.py's
+#      layout (question, options, instruction), in which seed 3 lost its base's yes/no answers (call 34, 0.9085).
 #   2''. ALT_FLAGS (default empty: off) also runs a second LoRA stage with these flags on each image base (not the
 #      blank twins), 1 loader worker, on LORA's clock (none when LORA=0): a variant of the recipe on the same
 #      bases (alt_* in the records).
@@ -40,6 +41,7 @@ PRE=${PRE:-5}        # minutes of open-ended pretraining
 LORA=${LORA:-10}     # minutes of LoRA fine-tuning (issue 17: within 10)
 FULL=${FULL:-0}      # minutes of full fine-tuning from the same base (0: none)
 WORKERS=${WORKERS:-3}
+TEMPLATE=${TEMPLATE-$'{options}\n{question}'}
 BASE_FLAGS=${BASE_FLAGS-"--heads 4 --hidden_size 256 --vision_hidden_size 128 --vision_depth 4 --learning_rate 1e-3 --tf32"}
 LORA_FLAGS=${LORA_FLAGS-"--restricted_loss true --learning_rate 1e-3 --label_smoothing_factor 0 --lora_r 64 --lora_alpha 64 --oversample colour=3,shape=3 --shuffle_choices true"}
 W=${WORK:-/tmp/learn}
@@ -96,7 +98,7 @@ done
 wait
 echo "wall time: $(( $(date +%s) - start )) s"
 $PY bench/learning_seeds_report.py --work $W --seeds $SEEDS --pre $PRE --lora $LORA --full $FULL \
-    --command "$([ "${REUSE:-0}" = 1 ] && echo "REUSE=1 ")PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' ALT_FLAGS='${ALT_FLAGS:-}'${TEMPLATE:+ TEMPLATE=$(printf %q "$TEMPLATE")} bash bench/learning_seeds.sh $SEEDS" \
+    --command "$([ "${REUSE:-0}" = 1 ] && echo "REUSE=1 ")PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' ALT_FLAGS='${ALT_FLAGS:-}' TEMPLATE=$(printf %q "$TEMPLATE") bash bench/learning_seeds.sh $SEEDS" \
     --alt_flags "${ALT_FLAGS:-}" \
     --out "$OUT"
 for f in $OUT/train_*.log $OUT/pretrain_*.log; do echo "== $f"; grep -E "^full|rror|open-ended" $f | tail -2; done
