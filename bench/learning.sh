@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The learning proof, one command on one GPU (H100/H200):  bash bench/learning.sh [MINUTES]
-# Recorded (bench/learning.json, 0.9725 after 15 minutes): the same settings as today's learning.yaml in the call
+# Recorded (bench/learning_issue3_seed42.json, 0.9725 after 15 minutes): the same settings as today's learning.yaml in the call
 #   MAIN="--dataloader_num_workers 5" VARIANTS="lr2e-3:--dataloader_num_workers 5 --learning_rate 2e-3" bash bench/learning.sh 15
 # (its blank twin was re-run alone with --max_steps of the main run: bench/RESULTS.md has the command).
 # A tiny random-init Qwen2.5-VL (hidden 256, 4 layers; vision tower 128 wide, 4 blocks; 5.3M parameters) is fully
@@ -8,7 +8,7 @@
 # rate following the clock (cosine over the time budget). Runs share the GPU: `main` (the recorded run), its
 # blank-image twin (every image grey: what the text alone allows; BLANK=0 leaves it out), and the variants in $VARIANTS
 # ("name:extra flags;name:extra flags"). predict.py scores 2,000 held-out easy-VQA test questions for every run and
-# bench/learning_report.py writes $OUT/learning.json (copy it to bench/learning.json).
+# bench/learning_report.py writes $OUT/learning.json (issue 3's record: bench/learning_issue3_seed42.json).
 set -u
 source bench/gpu_env.sh
 MIN=${1:-8}

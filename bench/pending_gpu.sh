@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # What the open issues still owe the GPU, one unattended run per line (bench/RESULTS.md says why each):
-#   one H200, ~19 device-minutes, issue 17 item 1 (the one item the GPU still owes it):
+#   Issue 17's items 1 and 2 are met (call 36: pretraining 5 + LoRA 10 minutes from random weights, every seed;
+#   bench/learning.json and bench/learning_lora.json, minimum 0.9755). What is left are variants:
+#   one H200, ~19 device-minutes, the full fine-tune curriculum for item 1 (bench/learning.yaml instead of LoRA):
 #     setsid nohup bash bench/pending_gpu.sh scratch > /dev/null 2>&1 < /dev/null &
-#       PRE=5 FULL=10 LORA=0: item 1's 15 minutes from random weights are 5 of open-ended pretraining and 10 of full
-#       fine-tuning (bench/learning.yaml) -> /tmp/res/learning/learning.json, with learning_seeds.sh's question-last TEMPLATE;
-#       six runs (three seeds, three blank twins) share the GPU. Full fine-tunes on the same recipe's bases: call 35
-#       (5 + 5 min, default layout) 0.997 / 0.9955 / 0.932; call 37 (5 + 4, question last) 0.8695 / 0.9985 / 0.964,
-#       each time one seed's yes/no answers lost and not yet relearnt on the short clock. ~17 minutes of script
-#   one H200, ~18 device-minutes, issue 17 item 2 (met in call 36: bench/learning_lora.json, minimum 0.9755):
+#       PRE=5 FULL=10 LORA=0 -> /tmp/res/learning/learning.json, with learning_seeds.sh's question-last TEMPLATE;
+#       six runs (three seeds, three blank twins) share the GPU. On the same recipe's bases: call 35 (5 + 5 min,
+#       default layout) 0.997 / 0.9955 / 0.932; call 37 (5 + 4, question last) 0.8695 / 0.9985 / 0.964, each time
+#       one seed's yes/no answers lost and not yet relearnt on the short clock. ~17 minutes of script
+#   one H200, ~18 device-minutes, call 36 again (items 1 and 2 on one clock, LoRA):
 #     setsid nohup bash bench/pending_gpu.sh h200 > /dev/null 2>&1 < /dev/null &
 #       bench/learning_seeds.sh 1 2 3 with call 27's recipe (bases pretrained 5 minutes with --tf32 and
 #       load_model's vision fast paths, LoRA 10 minutes, a blank-image twin per seed; six runs share the GPU)
