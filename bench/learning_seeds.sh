@@ -77,6 +77,9 @@ one() {  # name seed [--blank_images]
 }
 stage() {  # run seed train_lora flags...: train on all train questions, then score the held-out test questions
   run=$1 seed=$2; shift 2
+  # A folder left by an earlier invocation in the same WORK would let a stage that fails here be reported with
+  # that run's test_probs.csv: every stage starts from none.
+  rm -rf $W/runs/$run
   $PY train_lora.py "$@" ${TEMPLATE:+--prompt_template "$TEMPLATE"} --data_dir $W/evqa --fold -1 --seed $seed --dataloader_num_workers $WORKERS \
       --output_dir $W/runs/$run $([ $DEVICE = cpu ] && echo --use_cpu true) > $OUT/train_$run.log 2>&1 || return
   $PY predict.py --data_dir $W/evqa --output_dir $W/runs/$run --score_oof false --batch_size 256 \
