@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17 item 3 on the GPU: which small pretrained base learns the letter format from LoRA within the rows a
 # 2-core CPU trains in ~7 minutes (~150-350k rows at 56x56 with no system turn, by the shape; measured here on
-# the CPU). Bases are pretrained 5 minutes each, side by side; each then gets LoRA (configs/cpu_lora_demo.yaml,
+# the CPU). Bases are pretrained PRE (8) minutes each, side by side; each then gets LoRA (configs/cpu_lora_demo.yaml,
 # batch 64 as on the CPU) for STEPS steps with a fold-1 evaluation every 500 steps (32k rows), at two rates.
 #   setsid nohup bash bench/cpu_base_probe.sh > /dev/null 2>&1 < /dev/null &     # progress in /tmp/p3/master.log
 set -u
@@ -10,27 +10,31 @@ R=/tmp/p3
 mkdir -p $R/logs
 exec >> $R/master.log 2>&1
 source bench/gpu_env.sh || { echo "installing the carried wheels failed"; exit 1; }
-PRE=${PRE:-5}
+PRE=${PRE:-8}
 STEPS=${STEPS:-4000}
 echo "start $(date -u +%H:%M:%S) PRE=$PRE STEPS=$STEPS"
 [ -f $R/evqa/train.csv ] || python data/prepare_easy_vqa.py --out $R/evqa --n_train 0 --n_test 2000 --seed 0 > $R/logs/prepare.log 2>&1
+BASES=${BASES:-h64l2t h64l2 h64l3t h64l2t112 h128l2t}
 declare -A SHAPE=(
-  [h128l2]="--hidden_size 128 --num_layers 2 --heads 4"
-  [h128l2t]="--hidden_size 128 --num_layers 2 --heads 4 --text_loss_weight 1"
   [h64l2t]="--hidden_size 64 --num_layers 2 --heads 2 --text_loss_weight 1"
-  [h64l4t]="--hidden_size 64 --num_layers 4 --heads 2 --text_loss_weight 1"
+  [h64l2]="--hidden_size 64 --num_layers 2 --heads 2"
+  [h64l3t]="--hidden_size 64 --num_layers 3 --heads 2 --text_loss_weight 1"
+  [h64l2t112]="--hidden_size 64 --num_layers 2 --heads 2 --text_loss_weight 1 --pixels 12544"
+  [h128l2t]="--hidden_size 128 --num_layers 2 --heads 4 --text_loss_weight 1"
 )
-for b in ${BASES:-h128l2 h128l2t h64l2t h64l4t}; do
-  python bench/pretrain_tiny.py --data_dir $R/evqa --out $R/bases/$b --device cuda --minutes $PRE --batch_size 256 \
+pixels() { case $1 in *112) echo 12544 ;; *) echo 3136 ;; esac; }
+for b in $BASES; do
+  python bench/pretrain_tiny.py --data_dir $R/evqa --out $R/bases/$b --device cuda --minutes $PRE --batch_size 128 \
     --workers 2 --seed 1 --tf32 --pixels 3136 --vision_hidden_size 64 --vision_depth 2 --system_prompt false \
     --learning_rate 1e-3 ${SHAPE[$b]} > $R/logs/pretrain_$b.log 2>&1 &
 done
 wait
 echo "pretrained $(date -u +%H:%M:%S)"
-for b in ${BASES:-h128l2 h128l2t h64l2t h64l4t}; do
-  for lr in ${LRS:-1e-3 3e-3}; do
+for b in $BASES; do
+  for lr in $([ $b = h64l2t ] && echo 1e-3 3e-3 || echo 1e-3); do
     python train_lora.py --config configs/cpu_lora_demo.yaml --model_name_or_path $R/bases/$b --data_dir $R/evqa \
-      --output_dir $R/runs/${b}_$lr --fold 1 --learning_rate $lr --max_steps $STEPS --time_budget_minutes 60 \
+      --output_dir $R/runs/${b}_$lr --fold 1 --learning_rate $lr --max_steps $STEPS \
+      --min_pixels $(pixels $b) --max_pixels $(pixels $b) --time_budget_minutes 60 \
       --eval_strategy steps --eval_steps 500 --dataloader_num_workers 1 > $R/logs/lora_${b}_$lr.log 2>&1 \
       && python predict.py --data_dir $R/evqa --output_dir $R/runs/${b}_$lr --score_oof false --batch_size 256 \
         --progress false > $R/logs/predict_${b}_$lr.log 2>&1 &

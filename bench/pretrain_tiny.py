@@ -129,7 +129,9 @@ def open_ended_loss(model, batch, text_weight=0.0, image_token=None):
     logits = model(**{k: batch[k] for k in MODEL_KEYS if k in batch}, use_cache=False).logits.float()
     answer = F.cross_entropy(logits[:, at], batch["labels"][:, at + 1])
     target = batch["input_ids"][:, 1:]
-    keep = batch["attention_mask"][:, 1:].bool() & (target != image_token)
+    # both ends real: a left-padded row's first token is not predicted from the padding before it
+    mask = batch["attention_mask"].bool()
+    keep = mask[:, 1:] & mask[:, :-1] & (target != image_token)
     keep[:, at] = False
     return answer + text_weight * F.cross_entropy(logits[:, :-1][keep], target[keep])
 

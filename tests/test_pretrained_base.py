@@ -108,3 +108,66 @@ def test_letter_margin_refuses_a_template_it_cannot_fill(base, easy_vqa_dir, cap
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "unknown placeholder(s) {opts}" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def short_base(easy_vqa_dir, tmp_path_factory):
+    """A base pretrained with --system_prompt false --text_loss_weight 1 (the CPU demo's recipe), 2 steps."""
+    from pretrain_tiny import main
+
+    out = tmp_path_factory.mktemp("short") / "base"
+    main(["--data_dir", str(easy_vqa_dir), "--out", str(out), "--max_steps", "2", "--batch_size", "4",
+          "--pixels", "3136", "--hidden_size", "64", "--num_layers", "2", "--heads", "2", "--eval_rows", "8",
+          "--system_prompt", "false", "--text_loss_weight", "1"])
+    return out
+
+
+def test_a_base_without_the_default_system_turn_renders_rows_without_it(short_base, easy_vqa_dir):
+    from collator import MCVQACollator
+    from mcvqa.data import load_split
+    from mcvqa.modeling import load_processor
+
+    record = json.loads((short_base / "pretraining.json").read_text())
+    assert record["settings"]["system_prompt"] is False and record["settings"]["text_loss_weight"] == 1.0
+    processor = load_processor(short_base)
+    row = load_split(easy_vqa_dir, "train").iloc[0].to_dict()
+    text = processor.tokenizer.decode(MCVQACollator(processor, 3136, 3136, train=False)([row])["input_ids"][0])
+    assert "system" not in text and "helpful assistant" not in text
+    assert text.startswith("<|im_start|>user\n<|vision_start|>") and text.endswith("<|im_start|>assistant\n")
+
+
+def test_the_text_loss_is_next_token_cross_entropy_over_each_rows_own_text(short_base, easy_vqa_dir):
+    """The batched loss (left padding, one mask) equals the answer loss plus the weight times the mean next-token
+    cross-entropy over every row's text tokens, each row run alone without padding (image and answer excluded)."""
+    import torch
+    import torch.nn.functional as F
+
+    from collator import MCVQACollator, rope_positions
+    from mcvqa.data import load_split
+    from mcvqa.modeling import load_model, load_processor
+    from mcvqa.scoring import MODEL_KEYS, answer_position
+    from pretrain_tiny import OPEN_TEMPLATE, open_ended, open_ended_loss
+
+    processor = load_processor(short_base)
+    model, _ = load_model(short_base, precision="fp32", attn_implementation="eager", full_finetune=True, liger="false")
+    model.eval()
+    image = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    collator = MCVQACollator(processor, 3136, 3136, train=True, template=OPEN_TEMPLATE,
+                             position_fn=rope_positions(model, image))
+    rows = open_ended(load_split(easy_vqa_dir, "train"))[:6]
+    batch = collator(rows)
+    assert (batch["attention_mask"] == 0).any()  # the rows differ in length: padding is exercised
+    with torch.no_grad():
+        answer_only = open_ended_loss(model, batch)
+        both = open_ended_loss(model, batch, 0.5, image)
+        total, count = 0.0, 0
+        for row in rows:
+            one = collator([row])
+            at = answer_position(one)
+            logits = model(**{k: one[k] for k in MODEL_KEYS if k in one}).logits[0].float()
+            target = one["input_ids"][0, 1:]
+            keep = target != image
+            keep[at] = False
+            total += F.cross_entropy(logits[:-1][keep], target[keep], reduction="sum").item()
+            count += int(keep.sum())
+    assert both.item() == pytest.approx(answer_only.item() + 0.5 * total / count, rel=1e-5)
