@@ -147,7 +147,7 @@ def drop_default_system_turn(folder):
     path.write_text(text[: default.start()] + text[default.end():])
 
 
-def main(argv=None):
+def build_parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data_dir", required=True, help="prepare_easy_vqa.py output: train.csv to learn from, "
                                                         "test.csv + test_answers.csv to report on")
@@ -191,7 +191,11 @@ def main(argv=None):
                     help="TF32 tensor cores for fp32 matmuls and convolutions on CUDA (10-bit mantissa products, fp32 sums)")
     ap.add_argument("--eval_rows", type=int, default=1000, help="test questions for the final report")
     ap.add_argument("--log_every", type=int, default=50)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.tf32:

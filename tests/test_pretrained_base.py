@@ -171,3 +171,49 @@ def test_the_text_loss_is_next_token_cross_entropy_over_each_rows_own_text(short
             total += F.cross_entropy(logits[:-1][keep], target[keep], reduction="sum").item()
             count += int(keep.sum())
     assert both.item() == pytest.approx(answer_only.item() + 0.5 * total / count, rel=1e-5)
+
+
+DEMO_BASE = Path(__file__).resolve().parents[1] / "models" / "easy_vqa_base"
+
+
+def test_the_demo_base_is_small_and_records_how_it_was_made():
+    """`make demo` fine-tunes models/easy_vqa_base: at most ~10 MB, and its pretraining.json holds the command,
+    seed and data split (the train split only) that made it, which pretrain_tiny.py's parser still reads to the
+    recorded settings."""
+    import shlex
+
+    from pretrain_tiny import build_parser
+
+    size = sum(f.stat().st_size for f in DEMO_BASE.iterdir())
+    assert size <= 10 * 2**20
+    record = json.loads((DEMO_BASE / "pretraining.json").read_text())
+    command = shlex.split(record["command"])
+    assert command[:2] == ["python", "bench/pretrain_tiny.py"]
+    parsed = vars(build_parser().parse_args(command[2:]))
+    assert parsed == record["settings"]
+    assert record["settings"]["seed"] == 1 and record["train_file"].endswith("train.csv")
+    assert "train split only" in record["data"]
+    card = (DEMO_BASE / "README.md").read_text()
+    assert "prepare_easy_vqa.py" in card and record["command"] in card
+
+
+def test_the_demo_base_loads_and_renders_rows_as_it_was_pretrained(easy_vqa_dir):
+    import yaml
+
+    from collator import MCVQACollator
+    from mcvqa.data import load_split
+    from mcvqa.modeling import load_model, load_processor
+
+    record = json.loads((DEMO_BASE / "pretraining.json").read_text())
+    config = yaml.safe_load((DEMO_BASE.parents[1] / "configs" / "cpu_lora_demo.yaml").read_text())
+    pixels = record["settings"]["pixels"]
+    assert config["min_pixels"] == config["max_pixels"] == pixels
+    processor = load_processor(DEMO_BASE)
+    model, _ = load_model(DEMO_BASE, precision="fp32", attn_implementation="sdpa", full_finetune=True, liger="false")
+    row = load_split(easy_vqa_dir, "train").iloc[0].to_dict()
+    batch = MCVQACollator(processor, pixels, pixels, train=False, template=config["prompt_template"])([row])
+    text = processor.tokenizer.decode(batch["input_ids"][0])
+    assert "system" not in text and row["question"] in text
+    assert (batch["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).sum() == \
+        pixels // (28 * 28)
+    assert model.config.text_config.hidden_size == record["settings"]["hidden_size"]
