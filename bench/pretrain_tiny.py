@@ -75,6 +75,30 @@ def open_ended(df, answers=None):
     return rows
 
 
+class InContext(torch.utils.data.Dataset):
+    """Rows with up to `k` other questions about the same image, each followed by its answer word, written before
+    the question (0 to k of them, drawn afresh each time): text before the question, as a pretrained VLM has seen in
+    conversations, so that an answer does not hang on the question being the prompt's only text."""
+
+    def __init__(self, rows, k, seed):
+        self.rows, self.k, self.rng = rows, k, random.Random(seed)
+        self.by_image = {}
+        for i, row in enumerate(rows):
+            self.by_image.setdefault(row["image"], []).append(i)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        row = dict(self.rows[i])
+        others = [j for j in self.by_image[row["image"]] if j != i]
+        picked = self.rng.sample(others, min(len(others), self.rng.randint(0, self.k)))
+        if picked:
+            lines = [f"{self.rows[j]['question']} {self.rows[j]['answer']}" for j in picked]
+            row["question"] = "\n".join([*lines, row["question"]])
+        return row
+
+
 class BalancedSampler(torch.utils.data.Sampler):
     """Endless row indices in which every question type is drawn equally often (the loop stops on the clock)."""
 
@@ -171,6 +195,9 @@ def build_parser():
     ap.add_argument("--text_loss_weight", type=float, default=0.0,
                     help="also learn to predict the question's and chat markup's tokens, at this weight against the "
                          "answer word's (0: the answer word alone)")
+    ap.add_argument("--context_questions", type=int, default=0,
+                    help="up to this many other questions about the same image, with their answers, before the question "
+                         "(a random 0..K each time; never options or letters): robust to text before the question")
     ap.add_argument("--blank_images", action="store_true",
                     help="every image grey (the blank-image twin: what the question text alone allows)")
     ap.add_argument("--freeze_head", action="store_true",
@@ -223,7 +250,8 @@ def main(argv=None):
     image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     collator = MCVQACollator(processor, a.pixels, a.pixels, train=True, template=OPEN_TEMPLATE,
                              position_fn=rope_positions(model, image_token), blank_images=a.blank_images)
-    loader = iter(torch.utils.data.DataLoader(train, batch_size=a.batch_size, sampler=BalancedSampler(train, a.seed),
+    data = InContext(train, a.context_questions, a.seed) if a.context_questions else train
+    loader = iter(torch.utils.data.DataLoader(data, batch_size=a.batch_size, sampler=BalancedSampler(train, a.seed),
                                               collate_fn=collator, num_workers=a.workers,
                                               persistent_workers=a.workers > 0, pin_memory=a.device != "cpu"))
 

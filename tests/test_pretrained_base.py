@@ -217,3 +217,23 @@ def test_the_demo_base_loads_and_renders_rows_as_it_was_pretrained(easy_vqa_dir)
     assert (batch["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids(processor.image_token)).sum() == \
         pixels // (28 * 28)
     assert model.config.text_config.hidden_size == record["settings"]["hidden_size"]
+
+
+def test_context_questions_are_other_questions_of_the_same_image_with_their_answers(easy_vqa_dir):
+    from mcvqa.data import load_split
+    from pretrain_tiny import InContext, open_ended
+
+    rows = open_ended(load_split(easy_vqa_dir, "train"))
+    data = InContext(rows, 2, seed=0)
+    same_image = {}
+    for row in rows:
+        same_image.setdefault(row["image"], set()).add(f"{row['question']} {row['answer']}")
+    counts = set()
+    for i in range(len(rows)):
+        row = data[i]
+        *context, question = row["question"].split("\n")
+        assert question == rows[i]["question"] and row["answer"] == rows[i]["answer"]
+        assert set(context) <= same_image[rows[i]["image"]] - {f"{rows[i]['question']} {rows[i]['answer']}"}
+        counts.add(len(context))
+    assert counts == {0, 1, 2}
+    assert rows[0]["question"] == load_split(easy_vqa_dir, "train").iloc[0]["question"]  # the rows are not changed
