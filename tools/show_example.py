@@ -1,6 +1,6 @@
 """Print one training example exactly as the model receives it: the fastest way to see what is masked.
 
-    python tools/show_example.py --data_dir data/easy_vqa --model_name_or_path tiny_models/demo_qwen2_5_vl
+    python tools/show_example.py --data_dir data/easy_vqa --model_name_or_path models/easy_vqa_base
     python tools/show_example.py --data_dir data --model_name_or_path Qwen/Qwen2.5-VL-7B-Instruct --row 12
     python tools/show_example.py --data_dir data --model_name_or_path Qwen/Qwen2.5-VL-7B-Instruct --row 12 \\
         --shuffle_choices --seed 3 --max_pixels 200704 --prompt_template $'{question}\\n{options}'
