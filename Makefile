@@ -59,7 +59,7 @@ demo-data: install
 demo: install
 	@start=$$(date +%s); \
 	set -e; \
-	rm -rf $(DEMO_RUNS); \
+	rm -rf $(DEMO_RUN) $(DEMO_RUNS)/submission.csv; \
 	$(MAKE) --no-print-directory demo-data; \
 	echo "== the base before fine-tuning (4 options: chance is 0.25)"; \
 	$(DEMO_ENV) $(PY) tools/zero_shot.py --config $(DEMO_CONFIG) --model_name_or_path $(DEMO_BASE) \
@@ -72,7 +72,8 @@ demo: install
 	echo "== predicting the test set"; \
 	$(DEMO_ENV) $(PY) predict.py --data_dir $(DEMO_DATA) --output_dir $(DEMO_RUN) $(DEMO_PREDICT_FLAGS); \
 	echo "== ensembling the folds"; \
-	$(DEMO_ENV) $(PY) ensemble.py --output_dir $(DEMO_RUNS) --data_dir $(DEMO_DATA) $(DEMO_ENSEMBLE_FLAGS); \
+	$(DEMO_ENV) $(PY) ensemble.py --output_dir $(DEMO_RUNS) --data_dir $(DEMO_DATA) \
+	  --files $(DEMO_RUN)/fold*/test_probs.csv $(DEMO_ENSEMBLE_FLAGS); \
 	echo "demo took $$(( ($$(date +%s) - start) / 60 ))m$$(( ($$(date +%s) - start) % 60 ))s"; \
 	$(PY) tools/score_submission.py --submission $(DEMO_RUNS)/submission.csv --answers $(DEMO_DATA)/test_answers.csv
 
