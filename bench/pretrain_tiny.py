@@ -81,7 +81,7 @@ class InContext(torch.utils.data.Dataset):
     conversations, so that an answer does not hang on the question being the prompt's only text."""
 
     def __init__(self, rows, k, seed):
-        self.rows, self.k, self.rng = rows, k, random.Random(seed)
+        self.rows, self.k, self.seed, self.rng, self.worker = rows, k, seed, random.Random(seed), None
         self.by_image = {}
         for i, row in enumerate(rows):
             self.by_image.setdefault(row["image"], []).append(i)
@@ -90,6 +90,11 @@ class InContext(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i):
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self.worker != info.id:
+            # Each worker process starts from a copy of the parent's generator: without its own seed, the workers
+            # would draw the same context counts for their rows.
+            self.worker, self.rng = info.id, random.Random(self.seed * 1000 + info.id)
         row = dict(self.rows[i])
         others = [j for j in self.by_image[row["image"]] if j != i]
         picked = self.rng.sample(others, min(len(others), self.rng.randint(0, self.k)))

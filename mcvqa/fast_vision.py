@@ -1,5 +1,5 @@
-"""One attention call per vision layer instead of one per image (or window), and the vision tower's index
-arithmetic done once per batch shape instead of once per image and step.
+"""One attention call per vision layer instead of one per image (or window), the vision tower's index
+arithmetic done once per batch shape instead of once per image and step, and the patch embedding as one matmul.
 
 Without flash-attention, transformers' Qwen-VL vision towers split the packed patch sequence at
 `cu_seqlens` and call SDPA once per image, and Qwen2.5-VL once per window: 14,520 calls in one training
@@ -48,6 +48,28 @@ def patch_vision_attention(model):
         if name.endswith("VisionAttention") and hasattr(module, "qkv") and not hasattr(module, _PATCHED):
             setattr(module, _PATCHED, module.forward)
             module.forward = _batched_forward.__get__(module)
+            count += 1
+    return count
+
+
+def _linear_patch_embed(self, hidden_states):
+    # A Conv3d whose kernel is its stride and covers the whole (C, T, P, P) patch is a matmul over each flattened
+    # patch, in the order the processor flattened it; CPU conv3d takes ~3x as long for it (bench/RESULTS.md).
+    weight = self.proj.weight
+    return F.linear(hidden_states.to(weight.dtype).reshape(-1, weight[0].numel()), weight.reshape(weight.shape[0], -1),
+                    self.proj.bias)
+
+
+def patch_patch_embed(model):
+    """Switch every Qwen-VL vision patch embedding of `model` to the matmul forward; returns how many."""
+    count = 0
+    for module in model.modules():
+        proj = getattr(module, "proj", None)
+        if (type(module).__name__.endswith("PatchEmbed") and isinstance(proj, torch.nn.Conv3d)
+                and list(proj.kernel_size) == list(proj.stride) and proj.padding == (0, 0, 0)
+                and proj.groups == 1 and not hasattr(module, _PATCHED)):
+            setattr(module, _PATCHED, module.forward)
+            module.forward = _linear_patch_embed.__get__(module)
             count += 1
     return count
 

@@ -336,9 +336,10 @@ def load_model(name_or_path, precision="auto", quantization="none", attn_impleme
                         "(--max_memory), use --quantization 4bit, or more GPUs")
     model.mcvqa_liger = liger_applied
     if batched_vision_attention:
-        from mcvqa.fast_vision import cache_vision_indices, patch_vision_attention
+        from mcvqa.fast_vision import cache_vision_indices, patch_patch_embed, patch_vision_attention
 
         patch_vision_attention(model)
+        patch_patch_embed(model)
         cache_vision_indices()
     if quantization != "none":
         from peft import prepare_model_for_kbit_training

@@ -1,11 +1,12 @@
-"""Speed paths must not change results: batched vision attention and cached M-RoPE positions."""
+"""Speed paths must not change results: batched vision attention, the patch embedding as a matmul and cached
+M-RoPE positions."""
 
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
 from collator import MCVQACollator, rope_positions
-from mcvqa.fast_vision import cache_vision_indices, patch_vision_attention
+from mcvqa.fast_vision import cache_vision_indices, patch_patch_embed, patch_vision_attention
 
 KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
@@ -42,6 +43,26 @@ def test_batched_vision_attention_is_exact_and_makes_one_call_per_layer(tiny_mod
     assert torch.allclose(out, ref, atol=1e-5)
     layers = model.config.vision_config.depth + model.config.text_config.num_hidden_layers
     assert len(calls) == layers < before
+
+
+@pytest.mark.parametrize("arch,pixels", [("qwen2_vl", 56 * 56), ("qwen2_5_vl", 224 * 224), ("qwen3_vl", 64 * 64)])
+def test_patch_embedding_as_matmul_is_exact_with_its_gradients(tiny_models, rows, arch, pixels):
+    processor, model = _setup(tiny_models, arch, pixels)
+    batch = MCVQACollator(processor, pixels, pixels)(rows)
+    proj = next(m.proj for m in model.modules() if type(m).__name__.endswith("PatchEmbed"))
+
+    def run():
+        model.zero_grad()
+        logits = model(**{k: batch[k] for k in KEYS}).logits
+        logits.float().square().mean().backward()
+        return logits.detach(), proj.weight.grad.clone()
+
+    ref, ref_grad = run()
+    assert patch_patch_embed(model) == 1
+    assert patch_patch_embed(model) == 0, "patched twice"
+    out, grad = run()
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(grad, ref_grad, atol=1e-6, rtol=1e-4)
 
 
 @pytest.fixture
