@@ -54,7 +54,7 @@ def patch_vision_attention(model):
 
 def _linear_patch_embed(self, hidden_states):
     # A Conv3d whose kernel is its stride and covers the whole (C, T, P, P) patch is a matmul over each flattened
-    # patch, in the order the processor flattened it; CPU conv3d takes ~3x as long for it (bench/RESULTS.md).
+    # patch, in the order the processor flattened it; CPU conv3d is the slower kernel for it (bench/patch_embed_cpu.py).
     weight = self.proj.weight
     return F.linear(hidden_states.to(weight.dtype).reshape(-1, weight[0].numel()), weight.reshape(weight.shape[0], -1),
                     self.proj.bias)
