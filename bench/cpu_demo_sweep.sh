@@ -5,6 +5,11 @@
 # Phase 1, side by side: context-robust bases pretrained (--context_questions) while LoRA runs on the committed
 # base test more steps and smaller batches at equal rows, three seeds each. Phase 2: LoRA on the new bases.
 #   setsid nohup bash bench/cpu_demo_sweep.sh > /dev/null 2>&1 < /dev/null &     # progress in $R/master.log
+# The recorded calls (bench/RESULTS.md, 2026-12-07): the default phases' bases, then their LoRA runs as
+#   RUNS="c3_b64_2800_s1:models/easy_vqa_base:1:64:2800 ctx2s1_b64_2800_s1:/tmp/sw/bases/ctx2s1:1:64:2800 ..."
+# and the depth sweep as
+#   BASES="l3 l4 l4ctx2" PRE_STEPS=3000 PRE_MINUTES=4.5 SCORE_OOF=false \
+#   RUNS="l3_s1:/tmp/sw/bases/l3:1:64:2300 ... l4_s1:/tmp/sw/bases/l4:1:64:1900 ... l4ctx2_s3:/tmp/sw/bases/l4ctx2:3:64:1900"
 set -u
 cd "$(dirname "$0")/.."
 R=${R:-/tmp/sw}
@@ -53,7 +58,7 @@ fi
   lora c3_b32_5600_s$s models/easy_vqa_base $s 32 5600 &
 done
 wait
-echo "phase 1 done $(date -u +%H:%M:%S)"
+[ "${PHASES:-all}" = all ] && echo "phase 1 done $(date -u +%H:%M:%S)"
 [ "${PHASES:-all}" = all ] && for b in ${BASES:-ctx2s1 ctx2s2 ctx4s1}; do
   for s in 1 2; do
     lora ${b}_b64_2800_s$s $R/bases/$b $s 64 2800 &
@@ -61,7 +66,7 @@ echo "phase 1 done $(date -u +%H:%M:%S)"
   done
 done
 wait
-echo "phase 2 done $(date -u +%H:%M:%S)"
+echo "runs done $(date -u +%H:%M:%S)"
 python - $R <<'PY' | tee $R/summary.txt
 import glob, os, sys, pandas as pd
 R = sys.argv[1]
