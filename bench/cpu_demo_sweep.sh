@@ -32,25 +32,31 @@ declare -A BASE=(
   [l3]="--num_layers 3 --seed 1"
   [l4]="--num_layers 4 --seed 1"
   [l4ctx2]="--num_layers 4 --context_questions 2 --seed 1"
+  [l6ctx2]="--num_layers 6 --context_questions 2 --seed 1"
 )
 for b in ${BASES:-ctx2s1 ctx2s2 ctx4s1}; do
   OMP_NUM_THREADS=2 python bench/pretrain_tiny.py --data_dir $R/evqa --out $R/bases/$b --minutes $PRE_MINUTES --max_steps $PRE_STEPS \
     $BASE_FLAGS ${BASE[$b]} > $R/logs/pretrain_$b.log 2>&1 &   # a later --num_layers overrides BASE_FLAGS'
+  PRE_PIDS="${PRE_PIDS:-} $!"
 done
 
-# lora NAME BASE SEED BATCH STEPS: the demo's train + predict commands, step-bound.
+# lora NAME BASE SEED BATCH STEPS [FLAGS]: the demo's train + predict commands, step-bound; FLAGS are more
+# train_lora.py flags joined by commas (--lora_dropout=0,--learning_rate=2e-3).
 lora() {
-  local name=$1 base=$2 seed=$3 bs=$4 steps=$5
+  local name=$1 base=$2 seed=$3 bs=$4 steps=$5 flags=${6:-}
   OMP_NUM_THREADS=1 nice -n 10 python train_lora.py --config configs/cpu_lora_demo.yaml --model_name_or_path $base --data_dir $R/evqa \
     --output_dir $R/runs/$name --fold 1 --seed $seed --per_device_train_batch_size $bs --max_steps $((steps / STEPS_DIV)) \
-    --time_budget_minutes 60 --dataloader_num_workers 0 > $R/logs/lora_$name.log 2>&1 \
+    --time_budget_minutes 60 --dataloader_num_workers 0 ${flags//,/ } > $R/logs/lora_$name.log 2>&1 \
   && OMP_NUM_THREADS=1 nice -n 10 python predict.py --data_dir $R/evqa --output_dir $R/runs/$name --tta --tta_scales 1.0 \
     --batch_size 256 --progress false --score_oof ${SCORE_OOF:-true} > $R/logs/predict_$name.log 2>&1
 }
 # One thread each: sixteen processes at torch's default of sixteen threads each stalled the machine (load 140).
-if [ -n "${RUNS:-}" ]; then   # RUNS="name:base:seed:batch:steps ..." instead of the two phases, bases already made
-  wait   # the bases first
-  for r in $RUNS; do IFS=: read -r n b s bs st <<< "$r"; lora $n $b $s $bs $st & done; wait; PHASES=none
+# RUNS="name:base:seed:batch:steps[:flags] ..." instead of the two phases: RUNS_NOW start beside the pretraining
+# (on bases already made), RUNS once it has ended.
+if [ -n "${RUNS:-}${RUNS_NOW:-}" ]; then
+  for r in ${RUNS_NOW:-}; do IFS=: read -r n b s bs st fl <<< "$r"; lora $n $b $s $bs $st "$fl" & done
+  [ -n "${PRE_PIDS:-}" ] && wait $PRE_PIDS
+  for r in ${RUNS:-}; do IFS=: read -r n b s bs st fl <<< "$r"; lora $n $b $s $bs $st "$fl" & done; wait; PHASES=none
 fi
 [ "${PHASES:-all}" = all ] && for s in 1 2 3; do
   lora c3_b64_2800_s$s models/easy_vqa_base $s 64 2800 &
