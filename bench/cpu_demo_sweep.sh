@@ -33,6 +33,7 @@ declare -A BASE=(
   [l4]="--num_layers 4 --seed 1"
   [l4ctx2]="--num_layers 4 --context_questions 2 --seed 1"
   [l6ctx2]="--num_layers 6 --context_questions 2 --seed 1"
+  [l4ctx2tied]="--num_layers 4 --context_questions 2 --seed 1 --tie_embeddings"
 )
 for b in ${BASES:-ctx2s1 ctx2s2 ctx4s1}; do
   OMP_NUM_THREADS=2 python bench/pretrain_tiny.py --data_dir $R/evqa --out $R/bases/$b --minutes $PRE_MINUTES --max_steps $PRE_STEPS \
