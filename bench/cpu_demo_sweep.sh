@@ -10,6 +10,11 @@
 # and the depth sweep as
 #   BASES="l3 l4 l4ctx2" PRE_STEPS=3000 PRE_MINUTES=4.5 SCORE_OOF=false \
 #   RUNS="l3_s1:/tmp/sw/bases/l3:1:64:2300 ... l4_s1:/tmp/sw/bases/l4:1:64:1900 ... l4ctx2_s3:/tmp/sw/bases/l4ctx2:3:64:1900"
+# and the evening's (dropout-free config, 2,300 steps; RESULTS "LoRA without dropout"; models/easy_vqa_base was then
+# the untied base of d1bbd9d) as
+#   BASES="l4ctx2tied l6ctx2" PRE_STEPS=3000 PRE_MINUTES=4.5 SCORE_OOF=false \
+#   RUNS_NOW="A_s1:models/easy_vqa_base:1:64:2300 ... L_lr2_s1:models/easy_vqa_base:1:64:2300:--learning_rate=2e-3 ...
+#             C_4000_s1:models/easy_vqa_base:1:64:4000 ..." RUNS="T_s1:/tmp/sw/bases/l4ctx2tied:1:64:2300 ... L6_s1:/tmp/sw/bases/l6ctx2:1:64:1600 ..."
 set -u
 cd "$(dirname "$0")/.."
 R=${R:-/tmp/sw}
