@@ -329,6 +329,11 @@ def main(argv=None):
     # The Trainer's own best-checkpoint reload (LoRA) waits until the last weights are saved (below).
     trainer_reload, trainer._load_best_model = trainer._load_best_model, lambda: None
     train_result = trainer.train(resume_from_checkpoint=resume_from)
+    planned = trainer.state.max_steps
+    if budget and budget.fraction >= 1 and trainer.state.global_step < planned and trainer.is_world_process_zero():
+        # A run cut short by the clock learns less than its config promises: say so where its result is read.
+        print(f"note: --time_budget_minutes {run_args.time_budget_minutes:g} stopped training at step "
+              f"{trainer.state.global_step} of {planned} (a slower or busier machine trains less)", flush=True)
 
     # ---- Save ------------------------------------------------------------------------------------
     # The trained weights and the run record naming them come first; whatever can still fail (the best

@@ -194,6 +194,7 @@ def test_two_process_cpu_ddp_writes_one_consistent_set_of_outputs(tiny_model, ea
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("fold 1 | acc") == 1, proc.stdout  # one summary: only rank 0 reports
+    assert proc.stdout.count("note: --time_budget_minutes 0.1 stopped training at step ") == 1, proc.stdout
     oof = read(out / "fold1" / "oof.csv")
     assert len(oof) == len(fold_ids(out, 1)) and set(oof["id"]) == fold_ids(out, 1) and oof["id"].is_unique
     assert_probabilities(oof)
