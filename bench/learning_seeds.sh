@@ -8,8 +8,9 @@
 #   2. train_lora.py (LoRA on the language model, vision tower frozen; bench/learning_lora.yaml sets the batch and
 #      clock) teaches that base the multiple-choice format on all 38,575 train questions (--fold -1). LORA_FLAGS:
 #      default call 27's recipe, the 4-way restricted loss at 1e-3 without smoothing, r64, colour/shape oversampled
-#      3x, options shuffled. train_lora.py's own defaults (full-vocabulary loss, smoothing 0.1) did not teach the
-#      format to a tiny base (0.42-0.67, calls 20-24); LORA_FLAGS= (empty) runs them.
+#      3x, options shuffled. train_lora.py's own loss (full vocabulary, smoothing 0.1) did not teach the format to
+#      these untied bases (0.42-0.67, calls 20-24; call 38 with the recipe's rate, rank and data: 0.31-0.77 on one
+#      view); LORA_FLAGS= (empty) runs train_lora.py's defaults.
 #   2'. FULL=M (default 0: off) also fully fine-tunes the same base for M minutes with the learning proof's settings
 #      (bench/learning.yaml: restricted loss, lr 1e-3, vision tower trained), beside the LoRA stage: item 1's
 #      from-scratch curriculum, PRE + FULL minutes from random weights (e.g. PRE=8 FULL=7 for its 15 minutes).
@@ -25,6 +26,10 @@
 #   2''. ALT_FLAGS (default empty: off) also runs a second LoRA stage with these flags on each image base (not the
 #      blank twins), 1 loader worker, on LORA's clock (none when LORA=0): a variant of the recipe on the same
 #      bases (alt_* in the records).
+#   PREDICT_FLAGS (default empty: one view, as every record so far) are added to each stage's predict.py, e.g.
+#      '--tta --tta_scales 1.0' (the four cyclic option orders, as `make demo` scores): call 38's full-vocabulary
+#      runs were scored on one view, and on the CPU demo base that loss leaves single views 0.44-0.62 against
+#      0.86-0.95 with the four orders (bench/RESULTS.md, call 38).
 # Before stage 2, tools/zero_shot.py scores the base as it is (restricted a-d letters): what the format alone gives.
 # Every seed has a blank-image twin (both stages with grey images: what the question text alone allows). All runs
 # share the GPU. predict.py scores the 2,000 held-out easy-VQA test questions, and bench/learning_seeds_report.py
@@ -83,7 +88,7 @@ stage() {  # run seed train_lora flags...: train on all train questions, then sc
   $PY train_lora.py "$@" ${TEMPLATE:+--prompt_template "$TEMPLATE"} --data_dir $W/evqa --fold -1 --seed $seed --dataloader_num_workers $WORKERS \
       --output_dir $W/runs/$run $([ $DEVICE = cpu ] && echo --use_cpu true) > $OUT/train_$run.log 2>&1 || return
   $PY predict.py --data_dir $W/evqa --output_dir $W/runs/$run --score_oof false --batch_size 256 \
-      --progress false > $OUT/predict_$run.log 2>&1
+      --progress false ${PREDICT_FLAGS:-} > $OUT/predict_$run.log 2>&1
 }
 if [ "${REUSE:-0}" = 1 ]; then
   for s in $SEEDS; do
@@ -103,7 +108,7 @@ done
 wait
 echo "wall time: $(( $(date +%s) - start )) s"
 $PY bench/learning_seeds_report.py --work $W --seeds $SEEDS --pre $PRE --lora $LORA --full $FULL \
-    --command "$([ "${REUSE:-0}" = 1 ] && echo "REUSE=1 ")PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' ALT_FLAGS='${ALT_FLAGS:-}' TEMPLATE=$(printf %q "$TEMPLATE") bash bench/learning_seeds.sh $SEEDS" \
+    --command "$([ "${REUSE:-0}" = 1 ] && echo "REUSE=1 ")PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' ALT_FLAGS='${ALT_FLAGS:-}' TEMPLATE=$(printf %q "$TEMPLATE")${PREDICT_FLAGS:+ PREDICT_FLAGS='$PREDICT_FLAGS'} bash bench/learning_seeds.sh $SEEDS" \
     --alt_flags "${ALT_FLAGS:-}" \
     --out "$OUT"
 for f in $OUT/train_*.log $OUT/pretrain_*.log; do echo "== $f"; grep -E "^full|rror|open-ended" $f | tail -2; done
