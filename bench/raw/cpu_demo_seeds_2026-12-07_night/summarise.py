@@ -1,6 +1,6 @@
 """Accuracy by question type of each demo run kept beside this script (run from the repository root after the runs):
 
-    .venv/bin/python bench/raw/cpu_demo_seeds_2026-12-08/summarise.py runs/demo_s3 runs/demo_fv_s3 ...
+    .venv/bin/python bench/raw/cpu_demo_seeds_2026-12-07_night/summarise.py runs/demo_s3 runs/demo_fv_s3 ...
 """
 import sys
 
