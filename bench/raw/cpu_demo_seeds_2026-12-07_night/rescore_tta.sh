@@ -14,5 +14,5 @@ for run in "$@"; do
       --tta --tta_scales 1.0 --batch_size 256 --progress false --score_oof false ${v#*:} > "$work/$tag.log" 2>&1
     cp "$work"/fold1/test_probs.csv "$work/$tag.csv"
   done
-  .venv/bin/python "$here"/score_probs.py "$work"/demo.csv "$work"/flip.csv "$work"/logprob.csv
+  .venv/bin/python "$here"/summarise.py "$work"/demo.csv "$work"/flip.csv "$work"/logprob.csv
 done
