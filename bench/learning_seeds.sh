@@ -26,6 +26,10 @@
 #   2''. ALT_FLAGS (default empty: off) also runs a second LoRA stage with these flags on each image base (not the
 #      blank twins), 1 loader worker, on LORA's clock (none when LORA=0): a variant of the recipe on the same
 #      bases (alt_* in the records).
+#   BASE=DIR (default empty: pretrain one base per run) skips stage 1: every run, blank twins included, fine-tunes a copy
+#      of this base (e.g. models/easy_vqa_base, the demo's base, itself made by bench/pretrain_tiny.py; its
+#      pretraining.json holds the command). A blank twin is then the same base with grey images in the LoRA stage and
+#      its zero-shot scoring: what the question text alone gives that base's fine-tune. Set PRE=0 with it.
 #   PREDICT_FLAGS (default empty: one view, as every record so far) are added to each stage's predict.py, e.g.
 #      '--tta --tta_scales 1.0' (the four cyclic option orders, as `make demo` scores): call 38's full-vocabulary
 #      runs were scored on one view, and on the CPU demo base that loss leaves single views 0.44-0.62 against
@@ -62,7 +66,10 @@ reusable() {  # name seed [--blank_images]: REUSE=1 and this recipe's base is in
 }
 one() {  # name seed [--blank_images]
   name=$1 seed=$2; shift 2
-  if reusable $name $seed "$@"; then
+  if [ -n "${BASE:-}" ]; then
+    rm -rf $W/bases/$name && cp -r "$BASE" $W/bases/$name || return
+    echo "the committed base $BASE (bench/pretrain_tiny.py; its pretraining.json holds the command)" > $OUT/pretrain_$name.log
+  elif reusable $name $seed "$@"; then
     echo "reusing $W/bases/$name ($(cat $W/bases/$name.recipe))" > $OUT/pretrain_$name.log
   else
     rm -f $W/bases/$name.recipe
@@ -108,7 +115,7 @@ done
 wait
 echo "wall time: $(( $(date +%s) - start )) s"
 $PY bench/learning_seeds_report.py --work $W --seeds $SEEDS --pre $PRE --lora $LORA --full $FULL \
-    --command "$([ "${REUSE:-0}" = 1 ] && echo "REUSE=1 ")PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' ALT_FLAGS='${ALT_FLAGS:-}' TEMPLATE=$(printf %q "$TEMPLATE")${PREDICT_FLAGS:+ PREDICT_FLAGS='$PREDICT_FLAGS'} bash bench/learning_seeds.sh $SEEDS" \
+    ${BASE:+--base "$BASE"} --command "$([ -n "${BASE:-}" ] && echo "BASE=$BASE ")$([ "${REUSE:-0}" = 1 ] && echo "REUSE=1 ")PRE=$PRE LORA=$LORA FULL=$FULL WORKERS=$WORKERS BASE_FLAGS='$BASE_FLAGS' LORA_FLAGS='$LORA_FLAGS' ALT_FLAGS='${ALT_FLAGS:-}' TEMPLATE=$(printf %q "$TEMPLATE")${PREDICT_FLAGS:+ PREDICT_FLAGS='$PREDICT_FLAGS'} bash bench/learning_seeds.sh $SEEDS" \
     --alt_flags "${ALT_FLAGS:-}" \
     --out "$OUT"
 for f in $OUT/train_*.log $OUT/pretrain_*.log; do echo "== $f"; grep -E "^full|rror|open-ended" $f | tail -2; done

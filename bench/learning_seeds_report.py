@@ -83,6 +83,8 @@ def main():
     ap.add_argument("--pre", type=float, required=True, help="pretraining minutes per run")
     ap.add_argument("--lora", type=float, required=True, help="LoRA minutes per run")
     ap.add_argument("--full", type=float, default=0, help="full fine-tune minutes per run (0: that stage did not run)")
+    ap.add_argument("--base", default="", help="learning_seeds.sh's BASE: the one committed base every run fine-tuned "
+                    "(empty: each run pretrained its own)")
     ap.add_argument("--command", required=True)
     ap.add_argument("--alt_flags", default="", help="ALT_FLAGS of the variant LoRA stage (alt_*), empty if none")
     ap.add_argument("--out", required=True, help="folder for learning.json and learning_lora.json")
@@ -113,8 +115,10 @@ def main():
               f"{a.lora:g} min LoRA (train_lora.py, bench/learning_lora.yaml)")
     learning = {**common, **headline(summaries[item1]), "pretrain_minutes": a.pre, "lora_minutes": a.lora,
                 "full_minutes": a.full, "seeds": summaries[item1], "runs": runs,
-                "recipe": f"random init -> {a.pre:g} min open-ended pretraining (bench/pretrain_tiny.py) -> "
-                          f"{second} on one clock; every run shared one GPU with the others"}
+                "recipe": (f"the committed base {a.base} (bench/pretrain_tiny.py; blank twins fine-tune it on grey "
+                           f"images) -> {second}" if a.base else
+                           f"random init -> {a.pre:g} min open-ended pretraining (bench/pretrain_tiny.py) -> {second}")
+                          + " on one clock; every run shared one GPU with the others"}
     if a.lora:  # LORA=0: the full fine-tune alone (REUSE=1 on an earlier run's bases), no item-2 record
         lora = {**common, **headline(summaries[""]), "lora_minutes": a.lora,
                 "note": "the base: bench/pretrain_tiny.py's open-ended model (never saw options or letters); "
