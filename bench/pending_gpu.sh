@@ -7,7 +7,8 @@
 #   with that loss reached 0.990-0.993 for seeds 1, 3, 4 at 6,900 LoRA steps (0.86-0.95 at the demo's 2,300;
 #   bench/RESULTS.md, 2026-12-08). Next for it, one GPU, ~13 device-minutes: that base, that loss, LoRA on the GPU's
 #   10-minute clock, a blank-image twin per seed (the same base on grey images), the four option orders
-#   (2026-12-08: eleven start attempts found no machine, so it has not run):
+#   (call 39, 2026-12-08, ran it for 2.5 minutes only: 0.871-0.88 at ~2,400 steps, ~16 steps/s per run; 10
+#   minutes give ~9,600):
 #     BASE=models/easy_vqa_base CLOCK="PRE=0 LORA=10" LORA_FLAGS='--learning_rate 5e-4 --per_device_train_batch_size 64 --lora_r 64 --lora_alpha 64 --lora_dropout 0 --oversample colour=3,shape=3 --shuffle_choices true --max_length 128' \
 #     PREDICT_FLAGS='--tta --tta_scales 1.0' setsid nohup bash bench/pending_gpu.sh h200 > /dev/null 2>&1 < /dev/null &
 #   The same loss on tied GPU-size bases pretrained in the call, ~18 device-minutes:
