@@ -7,3 +7,4 @@ make demo DEMO_THREADS=1 DEMO_RUNS=runs/fv_s1_long DEMO_TRAIN_FLAGS="--restricte
 make demo DEMO_RUNS=runs/rs_s4_long DEMO_TRAIN_FLAGS="--seed 4 --max_steps 6900 --time_budget_minutes 40"
 # scoring (summary.txt)
 .venv/bin/python bench/raw/cpu_demo_seeds_2026-12-07_night/summarise.py runs/fv_s1_long runs/fv_s3_long runs/fv_s4_long runs/rs_s4_long
+# (rs_s4_long ran alone on both cores after the three default-loss runs)
