@@ -67,7 +67,8 @@ reusable() {  # name seed [--blank_images]: REUSE=1 and this recipe's base is in
 one() {  # name seed [--blank_images]
   name=$1 seed=$2; shift 2
   if [ -n "${BASE:-}" ]; then
-    rm -rf $W/bases/$name && cp -r "$BASE" $W/bases/$name || return
+    # The copy is not what any recipe made: a .recipe left by an earlier pretraining would let REUSE=1 take it.
+    rm -rf $W/bases/$name $W/bases/$name.recipe && cp -r "$BASE" $W/bases/$name || return
     echo "the committed base $BASE (bench/pretrain_tiny.py; its pretraining.json holds the command)" > $OUT/pretrain_$name.log
   elif reusable $name $seed "$@"; then
     echo "reusing $W/bases/$name ($(cat $W/bases/$name.recipe))" > $OUT/pretrain_$name.log
@@ -97,6 +98,13 @@ stage() {  # run seed train_lora flags...: train on all train questions, then sc
   $PY predict.py --data_dir $W/evqa --output_dir $W/runs/$run --score_oof false --batch_size 256 \
       --progress false ${PREDICT_FLAGS:-} > $OUT/predict_$run.log 2>&1
 }
+if [ -n "${BASE:-}" ]; then
+  problems=""
+  [ -f "$BASE/config.json" ] || problems="$problems; BASE=$BASE has no config.json"
+  [ "$PRE" = 0 ] || problems="$problems; BASE skips pretraining, so PRE must be 0 (got $PRE)"
+  [ "${REUSE:-0}" = 1 ] && problems="$problems; BASE and REUSE=1 both choose the base: set one"
+  [ -z "$problems" ] || { echo "learning_seeds.sh: ${problems#; }"; exit 2; }
+fi
 if [ "${REUSE:-0}" = 1 ]; then
   for s in $SEEDS; do
     for b in "seed$s" "blank$s --blank_images"; do
